@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo student check-sync test test-quick clean
+.PHONY: setup demo student record check-sync test test-quick clean
 
 setup:
 	bash scripts/setup.sh
@@ -14,6 +14,9 @@ demo: setup
 
 student: setup
 	$(PY) -m grader student
+
+record: setup
+	$(PY) -m grader record
 
 check-sync: setup
 	$(PY) -m grader check-sync

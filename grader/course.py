@@ -20,6 +20,9 @@ class Course:
     branch: str
     grading_n_images: int
     cell_timeout_s: int
+    batch_cell_timeout_s: int = 300
+    notebook_timeout_s: int = 1200
+    named_regexps: tuple[str, ...] = ()
 
     @property
     def source_dir(self) -> Path:
@@ -55,7 +58,10 @@ def load(path: Path = GRADER_DIR / "course.toml") -> Course:
     c, g = data["course"], data["grading"]
     return Course(course_id=c["course_id"], assignment=c["assignment"], notebook=c["notebook"],
                   repository=c["repository"], branch=c["branch"],
-                  grading_n_images=int(g["n_images"]), cell_timeout_s=int(g["cell_timeout_s"]))
+                  grading_n_images=int(g["n_images"]), cell_timeout_s=int(g["cell_timeout_s"]),
+                  batch_cell_timeout_s=int(g.get("batch_cell_timeout_s", 300)),
+                  notebook_timeout_s=int(g.get("notebook_timeout_s", 1200)),
+                  named_regexps=tuple(data.get("collect", {}).get("named_regexps", ())))
 
 
 def tool(name: str) -> str:

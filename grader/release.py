@@ -82,3 +82,31 @@ def stale_files(course: Course) -> list[str]:
             elif not filecmp.cmp(a, b, shallow=False):
                 stale.append(name)
         return stale
+
+
+# The settings under which the source notebook's stored outputs are recorded and
+# compared by nbval (tests/test_kit_regression.py): offline, a few images.
+RECORD_ENV = {"CRAFT_LAB_OFFLINE": "1", "CRAFT_LAB_N_IMAGES": "8"}
+
+
+def record_outputs(course: Course) -> float:
+    """Execute the source notebook in place with RECORD_ENV; return the seconds it took.
+
+    The stored outputs are the reference nbval compares against (cells tagged
+    nbval-check-output). Run it after changing the source notebook.
+    """
+    import os
+    import time
+
+    from nbclient import NotebookClient
+
+    path = course.source_notebook
+    nb = nbformat.read(path, as_version=4)
+    started = time.monotonic()
+    NotebookClient(nb, timeout=course.cell_timeout_s, kernel_name="python3", record_timing=False,
+                   resources={"metadata": {"path": str(path.parent)}}).execute(
+        env={**os.environ, **RECORD_ENV})
+    for cell in nb.cells:  # timings would leak into the student notebook and churn diffs
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb, path)
+    return time.monotonic() - started

@@ -39,3 +39,32 @@ def run_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def reference_answers(course=COURSE) -> dict[str, str]:
+    """cell id -> the reference answer (the solution cell's code between the markers)."""
+    import nbformat
+
+    nb = nbformat.read(course.source_notebook, as_version=4)
+    answers = {}
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution") and cell.cell_type == "code":
+            body = cell.source.split("### BEGIN SOLUTION", 1)[1].split("### END SOLUTION", 1)[0]
+            answers[cell.id] = body.strip("\n")
+    return answers
+
+
+def build_submission(path: Path, answers: dict[str, str] | None = None, course=COURSE, edit=None) -> Path:
+    """Write a submission made from the student notebook: `answers` fill the answer cells
+    (by cell id); `edit(nb)` may change anything else. Like a student's hand-in."""
+    import nbformat
+
+    nb = nbformat.read(course.student_notebook, as_version=4)
+    for cell in nb.cells:
+        if answers and cell.id in answers:
+            cell.source = answers[cell.id]
+    if edit is not None:
+        edit(nb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path

@@ -18,6 +18,7 @@ laptop, in CI and under the autograder:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import time
@@ -244,7 +245,8 @@ def download(url: str, dest: Path, *, timeout: float = 60.0, retries: int = 3,
                 raise LabDataError("the server sent an empty file")
             os.replace(part, dest)
             return dest
-        except (urllib.error.URLError, OSError, LabDataError, ValueError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, LabDataError,
+                ValueError) as exc:
             last_error = exc
             part.unlink(missing_ok=True)
             if not quiet:
@@ -273,10 +275,7 @@ def load_rabbits(settings: Settings | None = None) -> np.ndarray:
         else:
             print(f"Downloading {RABBIT_FILE} (43 MiB) from {settings.rabbit_url}")
             download(settings.rabbit_url, path, timeout=settings.timeout, retries=settings.retries)
-        try:
-            images = validate_rabbits(path, settings.rabbit_sha256)
-        except LabDataError:
-            raise
+        images = validate_rabbits(path, settings.rabbit_sha256)
         print(f"rabbit.npz: {len(images)} images, SHA-256 {sha256_of(path)[:16]}...")
         if settings.n_images:
             images = images[: settings.n_images]
@@ -394,7 +393,7 @@ class Recorder:
     def __init__(self, every_s: float = 10.0):
         self.every_s = every_s
         self.fit_rng_states: list = []
-        self.plot_calls: list[tuple[str, bool]] = []
+        self.plot_calls: list[tuple[str, bool, int]] = []  # (method, images on CPU, how many)
 
     def fit_was_seeded_with(self, seed: int = SEED) -> bool:
         if not self.fit_rng_states:
@@ -404,7 +403,11 @@ class Recorder:
         return got[0] == expected[0] and np.array_equal(got[1], expected[1]) and got[2:] == expected[2:]
 
     def plotted(self, name: str) -> bool:
-        return any(called == name for called, _ in self.plot_calls)
+        return any(call[0] == name for call in self.plot_calls)
+
+    def images_plotted(self, name: str) -> int:
+        """The most images passed in one call of plot method `name` (0 if never called)."""
+        return max((call[2] for call in self.plot_calls if call[0] == name), default=0)
 
     def _progress(self, label: str, total: int, unit: str):
         state = {"done": 0, "shown": time.monotonic(), "start": time.monotonic()}
@@ -467,7 +470,9 @@ class Recorder:
         def wrapper(self, *args, **kwargs):
             images = args[0] if args else kwargs.get("img", kwargs.get("images"))
             on_cpu = getattr(getattr(images, "device", None), "type", "cpu") == "cpu"
-            recorder.plot_calls.append((name, on_cpu))
+            shape = getattr(images, "shape", ())
+            count = 0 if images is None else (shape[0] if len(shape) == 4 else 1)
+            recorder.plot_calls.append((name, on_cpu, count))
             return method(self, *args, **kwargs)
 
         wrapper.__name__ = name

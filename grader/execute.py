@@ -1,0 +1,81 @@
+"""How a submission's cells run under autograde: nbgrader's Execute, made to survive crashes.
+
+nbgrader's Execute already gives every cell a time limit (ExecutePreprocessor.timeout):
+a cell over it is interrupted, gets a CellTimeoutError output, and the notebook goes on.
+Two things still abort the whole notebook, losing every point the student had earned:
+
+- the kernel dies (os._exit, a segfault, the memory killer): nbclient raises DeadKernelError;
+- the kernel ignores the interrupt (a signal handler, a C loop): nbclient raises
+  CellTimeoutError while waiting for the interrupted cell to finish.
+
+ResilientExecute catches both: that cell gets an error output saying what happened, the
+kernel is killed if it is still there, and every later code cell gets a "not run" error
+output instead of running. nbgrader then grades the notebook as usual: the tests that ran
+before keep their points, the later ones score 0.
+"""
+from __future__ import annotations
+
+import time
+
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+from nbgrader.preprocessors import Execute
+
+# What happened in the last notebook executed in this process, for the worker's report.
+LAST_RUN: dict = {"events": [], "cell_seconds": {}}
+
+
+def cell_label(cell, index: int) -> str:
+    return cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {index}"
+
+
+def error_output(ename: str, evalue: str) -> NotebookNode:
+    return NotebookNode(output_type="error", ename=ename, evalue=evalue,
+                        traceback=[f"{ename}: {evalue}"])
+
+
+class ResilientExecute(Execute):
+    """nbgrader's Execute; a dead or unresponsive kernel costs only the cells from there on."""
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._stopped: str | None = None
+        LAST_RUN["events"], LAST_RUN["cell_seconds"] = [], {}
+        return super().preprocess(nb, resources, km)
+
+    def _kill_kernel(self) -> None:
+        try:
+            process = getattr(getattr(self.km, "provisioner", None), "process", None)
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        except Exception as exc:  # the kernel is gone either way, or the cleanup will retry
+            self.log.warning("could not kill the kernel: %s", exc)
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type != "code" or not cell.source.strip():
+            return super().preprocess_cell(cell, resources, index)
+        label = cell_label(cell, index)
+        if self._stopped:
+            cell.outputs = [error_output("NotRun", f"not run: {self._stopped}")]
+            cell.execution_count = None
+            return cell, resources
+        started = time.monotonic()
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            self._stopped = f"the kernel died in {label}"
+            cell.outputs.append(error_output(
+                "KernelDied", f"the kernel died while running this cell (os._exit, a crash, or out "
+                              "of memory); the cells after it were not run"))
+            LAST_RUN["events"].append(("kernel_died", label))
+            return cell, resources
+        except CellTimeoutError:
+            self._stopped = f"the kernel stopped responding in {label}"
+            self._kill_kernel()
+            cell.outputs.append(error_output(
+                "KernelUnresponsive", f"this cell ran past the {self.timeout} s limit and the kernel "
+                                      "did not respond to the interrupt; it was stopped"))
+            LAST_RUN["events"].append(("kernel_hung", label))
+            return cell, resources
+        finally:
+            LAST_RUN["cell_seconds"][label] = round(time.monotonic() - started, 2)

@@ -1,0 +1,157 @@
+"""What a batch grading leaves for the TA, besides nbgrader's own folders.
+
+- grades.csv: `nbgrader export` of the main gradebook (nbgrader's format, for the LMS);
+- results.csv: one row per submission: status, points per test, reason, notes, time;
+- summary.md: the per-test table (mean points, full marks, zeros) and the status counts;
+- scores.png: a heatmap of points per test across students, and a histogram of totals;
+- feedback/<student>/<notebook>.html: nbgrader generate_feedback's page, or for a
+  submission that could not be graded, a page that says why.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import statistics
+import subprocess
+from pathlib import Path
+
+from . import course as course_mod
+from .course import GRADER_DIR
+
+STATUSES = ("graded", "review", "failed")
+
+
+def export_grades(main_work: Path, dest: Path) -> None:
+    """grades.csv through `nbgrader export` (CsvExportPlugin)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    proc = subprocess.run([course_mod.tool("nbgrader"), "export", f"--to={tmp}", "--log-level=WARN"],
+                          cwd=GRADER_DIR, env=course_mod.nbgrader_env(main_work),
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not tmp.exists():
+        raise RuntimeError(f"nbgrader export failed:\n{proc.stdout}\n{proc.stderr}")
+    tmp.replace(dest)
+
+
+def points(result: dict, test: str) -> float:
+    value = (result.get("tests") or {}).get(test)
+    return float(value) if value is not None else 0.0
+
+
+def total(result: dict, tests: list[str]) -> float:
+    return sum(points(result, t) for t in tests)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def write_results(results: list[dict], tests: list[str], max_tests: dict[str, float], dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["student_id", "status", "score", "max_score", *tests, "reason", "notes", "file", "seconds"])
+        for r in sorted(results, key=lambda r: r["student"]):
+            w.writerow([r["student"], r["status"], _fmt(total(r, tests)), _fmt(sum(max_tests.values())),
+                        *[_fmt(points(r, t)) for t in tests], r.get("reason", ""),
+                        " | ".join(r.get("notes", [])), r.get("file", ""), r.get("seconds", "")])
+    tmp.replace(dest)
+
+
+def summary_rows(results: list[dict], tests: list[str], max_tests: dict[str, float]) -> list[list[str]]:
+    rows = []
+    graded = [r for r in results if r["status"] != "failed"]
+    for t in tests + ["TOTAL"]:
+        full = sum(max_tests.values()) if t == "TOTAL" else max_tests[t]
+        got = [total(r, tests) if t == "TOTAL" else points(r, t) for r in results]
+        got_graded = [total(r, tests) if t == "TOTAL" else points(r, t) for r in graded]
+        rows.append([t, _fmt(full),
+                     f"{statistics.mean(got):.2f}" if got else "-",
+                     f"{statistics.mean(got_graded):.2f}" if got_graded else "-",
+                     str(sum(1 for g in got if g >= full)), str(sum(1 for g in got if g == 0))])
+    return rows
+
+
+SUMMARY_HEADER = ["test", "points", "mean (all)", "mean (graded)", "full marks", "zero"]
+
+
+def table_text(rows: list[list[str]], header: list[str] = SUMMARY_HEADER) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def write_summary(results: list[dict], tests: list[str], max_tests: dict[str, float], dest: Path,
+                  extra: list[str] = ()) -> str:
+    rows = summary_rows(results, tests, max_tests)
+    counts = {s: sum(1 for r in results if r["status"] == s) for s in STATUSES}
+    md = [f"# Grading summary: {len(results)} submissions", "",
+          ", ".join(f"{n} {s}" for s, n in counts.items()), "",
+          "| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    problems = [r for r in sorted(results, key=lambda r: r["student"]) if r["status"] != "graded"]
+    if problems:
+        md += ["", "## Needs a look", "", "| student | status | score | reason |", "|---|---|---|---|"]
+        md += [f"| {r['student']} | {r['status']} | {_fmt(total(r, tests))} | {r.get('reason', '')} |"
+               for r in problems]
+    md += [*extra, ""]
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text("\n".join(md), encoding="utf-8")
+    tmp.replace(dest)
+    return table_text(rows)
+
+
+def plot(results: list[dict], tests: list[str], max_tests: dict[str, float], dest: Path) -> None:
+    """Heatmap (students x tests, share of the points earned) and a histogram of the totals."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    rows = sorted(results, key=lambda r: (-total(r, tests), r["student"]))
+    n = max(len(rows), 1)
+    grid = np.array([[points(r, t) / max_tests[t] if max_tests[t] else 0 for t in tests] for r in rows]
+                    or [[0.0] * len(tests)])
+    failed = np.array([r["status"] == "failed" for r in rows] or [False])
+    height = min(2.5 + 0.22 * n, 40)
+    fig, (ax, hx) = plt.subplots(1, 2, figsize=(max(8, 0.55 * len(tests) + 6), height),
+                                 gridspec_kw={"width_ratios": [max(len(tests), 4), 4]})
+    cmap = matplotlib.colormaps["RdYlGn"]
+    masked = np.ma.masked_where(np.repeat(failed[:, None], len(tests), axis=1), grid)
+    ax.imshow(np.where(failed[:, None], 1, np.nan) * np.ones_like(grid),
+              cmap=ListedColormap(["#bbbbbb"]), aspect="auto", vmin=0, vmax=1)
+    image = ax.imshow(masked, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(tests)), [f"{t} ({_fmt(max_tests[t])})" for t in tests], rotation=60, ha="right")
+    if n <= 80:
+        ax.set_yticks(range(len(rows)), [f"{r['student']}{' (failed)' if r['status'] == 'failed' else ''}"
+                                         f"{' *' if r['status'] == 'review' else ''}" for r in rows],
+                      fontsize=8 if n > 30 else 10)
+    else:
+        ax.set_yticks([])
+        ax.set_ylabel(f"{n} students, best first")
+    ax.set_title("Share of each test's points (grey: not gradable, *: needs review)")
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
+    totals = [total(r, tests) for r in rows]
+    full = sum(max_tests.values())
+    hx.hist(totals, bins=np.arange(-0.5, full + 1.5, 1.0), color="#4477aa", edgecolor="white")
+    hx.set_xlabel(f"total points (of {_fmt(full)})")
+    hx.set_ylabel("students")
+    hx.set_title(f"Totals: median {_fmt(float(np.median(totals))) if totals else '-'}")
+    fig.tight_layout()
+    tmp = dest.with_name(dest.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(dest)
+
+
+def failure_feedback(student: str, notebook: str, reason: str, dest: Path) -> None:
+    """The feedback page of a submission that could not be graded automatically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(notebook)}: feedback"
+            f"</title></head><body><h1>{html.escape(notebook)}.ipynb: not graded automatically</h1>"
+            f"<p>Student: {html.escape(student)}</p><p>Your submission could not be graded "
+            f"automatically: <b>{html.escape(reason)}</b>.</p><p>It is recorded with 0 points for "
+            "now and marked for a teaching assistant to look at.</p></body></html>\n")
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(dest)

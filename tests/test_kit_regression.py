@@ -1,0 +1,80 @@
+"""nbval regression on the reference solution, and the solution at the handout's full size."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import nbformat
+import pytest
+
+from conftest import ROOT, run_env
+from grader import release
+
+
+def run_nbval(paths, junit, timeout=1800):
+    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-cell-timeout=900",
+           "-p", "no:cacheprovider", "-o", "addopts=", f"--junitxml={junit}", *map(str, paths)]
+    return subprocess.run(cmd, cwd=ROOT, env=run_env(**release.RECORD_ENV), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_nbval_passes_on_the_solution_and_catches_a_changed_output(course, tmp_path):
+    """The stored outputs of the shape-printing cells must be reproduced; a changed one must fail."""
+    tampered_dir = tmp_path / "tampered"
+    shutil.copytree(course.source_dir, tampered_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    tampered = tampered_dir / course.source_notebook.name
+    nb = nbformat.read(tampered, as_version=4)
+    show_fit = next(c for c in nb.cells if c.id == "show_fit")
+    assert "nbval-check-output" in show_fit.metadata.get("tags", [])
+    show_fit.outputs[0]["text"] = show_fit.outputs[0]["text"].replace("(72, 3, 80, 80)", "(71, 3, 80, 80)")
+    nbformat.write(nb, tampered)
+
+    junit = tmp_path / "nbval.xml"
+    result = run_nbval([course.source_notebook, tampered], junit)
+    cases = ET.parse(junit).getroot().iter("testcase")
+    failed = {(c.get("classname", "") + "::" + c.get("name", "")): bool(c.findall("failure") or c.findall("error"))
+              for c in cases}
+    original = {k: v for k, v in failed.items() if "tampered" not in k}
+    changed = {k: v for k, v in failed.items() if "tampered" in k}
+    assert original and not any(original.values()), (
+        f"nbval failed on the solution:\n{result.stdout[-6000:]}")
+    assert sum(changed.values()) == 1, f"the tampered copy should fail at one cell: {changed}"
+    checked = [c for c in nbformat.read(course.source_notebook, as_version=4).cells
+               if "nbval-check-output" in c.metadata.get("tags", [])]
+    assert {c.id for c in checked} >= {"load_data", "load_model", "show_preprocessed", "show_fit"}
+
+
+def test_offline_outputs_say_offline(course):
+    """The stored outputs were recorded offline, and they say so (never shown as real results)."""
+    nb = nbformat.read(course.source_notebook, as_version=4)
+    text = {c.id: "".join(o.get("text", "") for o in c.get("outputs", [])) for c in nb.cells
+            if c.cell_type == "code"}
+    assert "OFFLINE MODE" in text["load_data"] and "OFFLINE MODE" in text["load_model"]
+    assert "NOT meaningful" in text["show_importance"] and "NOT meaningful" in text["check_plots"]
+
+
+@pytest.mark.slow
+def test_solution_at_the_handouts_full_size(course, tmp_path):
+    """300 images -> 2700 crops, as in the handout. ~15-25 min on 2 CPU cores."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(course.source_notebook, as_version=4)
+    env = run_env()
+    env.pop("CRAFT_LAB_N_IMAGES", None)
+    started = time.monotonic()
+    NotebookClient(nb, timeout=3600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(course.source_dir)}}).execute(env=env)
+    seconds = time.monotonic() - started
+    print(f"full-size solution run: {seconds:.0f} s")
+    problems = [(c.id, o.get("ename") or o.get("text", "")[:300]) for c in nb.cells if c.cell_type == "code"
+                for o in c.outputs if o.output_type == "error" or o.get("name") == "stderr"]
+    assert problems == [], problems
+    out = {c.id: "".join(o.get("text", "") for o in c.outputs) for c in nb.cells if c.cell_type == "code"}
+    assert "images: (300, 224, 224, 3) uint8" in out["load_data"]
+    assert "crops: (2700, 3, 80, 80)  U: (2700, 10)  W: (10, 2048)" in out["show_fit"]
+    assert "importances: (10,)" in out["show_importance"]
+    graded = [c.id for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert all(out[g].startswith("OK") for g in graded), {g: out[g][:200] for g in graded}
