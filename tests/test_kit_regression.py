@@ -44,7 +44,8 @@ def test_nbval_passes_on_the_solution_and_catches_a_changed_output(course, tmp_p
     assert sum(changed.values()) == 1, f"the tampered copy should fail at one cell: {changed}"
     checked = [c for c in nbformat.read(course.source_notebook, as_version=4).cells
                if "nbval-check-output" in c.metadata.get("tags", [])]
-    assert {c.id for c in checked} >= {"load_data", "load_model", "show_preprocessed", "show_fit"}
+    assert {c.id for c in checked} >= {"load_data", "load_model", "show_preprocessed", "show_fit",
+                                       "gf_show_fit3", "gf_show_local", "gf_show_deletion"}
 
 
 def test_offline_outputs_say_offline(course):
@@ -58,10 +59,16 @@ def test_offline_outputs_say_offline(course):
 
 @pytest.mark.slow
 def test_solution_at_the_handouts_full_size(course, tmp_path):
-    """300 images -> 2700 crops, as in the handout. ~15-25 min on 2 CPU cores."""
+    """The handout's pipeline at its size: 300 images -> 2700 crops. ~15 min on 2 CPU cores.
+
+    The "Going further" part (a second fit at layer3, more Sobol estimates) would add
+    ~25 min here; it runs at 8 images under nbval, validate and the grader tests.
+    """
     from nbclient import NotebookClient
 
     nb = nbformat.read(course.source_notebook, as_version=4)
+    ids = [c.id for c in nb.cells]
+    nb.cells = nb.cells[: ids.index("gf_intro")] if "gf_intro" in ids else nb.cells
     env = run_env()
     env.pop("CRAFT_LAB_N_IMAGES", None)
     started = time.monotonic()

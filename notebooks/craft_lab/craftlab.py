@@ -10,7 +10,8 @@ laptop, in CI and under the autograder:
   CRAFT_LAB_OFFLINE=1      no downloads: seeded random ResNet50 weights and a generated
                            stand-in for the rabbit images. Every result says so.
   CRAFT_LAB_N_IMAGES=k     use only the first k images (grading mode, quick runs).
-  CRAFT_LAB_DATA_DIR=dir   where rabbit.npz is cached (default: the current folder).
+  CRAFT_LAB_DATA_DIR=dir   where rabbit.npz is cached (default: the kit's data/ folder,
+                           or the current folder outside the kit, e.g. in Colab).
   CRAFT_LAB_RABBIT_URL=u   download rabbit.npz from u instead (a mirror, or a test server).
   CRAFT_LAB_RABBIT_SHA256  expected SHA-256 of rabbit.npz, checked when set.
   CRAFT_LAB_DEVICE=cpu     force a device instead of picking CUDA when it is there.
@@ -71,11 +72,20 @@ class Settings:
         return cls(
             offline=env.get("CRAFT_LAB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"},
             n_images=int(n) if n else None,
-            data_dir=Path(env.get("CRAFT_LAB_DATA_DIR", ".")),
+            data_dir=Path(env["CRAFT_LAB_DATA_DIR"]) if env.get("CRAFT_LAB_DATA_DIR") else default_data_dir(),
             rabbit_url=env.get("CRAFT_LAB_RABBIT_URL", RABBIT_URL),
             rabbit_sha256=env.get("CRAFT_LAB_RABBIT_SHA256") or None,
             device=env.get("CRAFT_LAB_DEVICE") or None,
         )
+
+
+def default_data_dir() -> Path:
+    """The kit's data/ folder when running inside the kit's repository, else the current folder."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "grader" / "course.toml").is_file() and (folder / "data").is_dir():
+            return folder / "data"
+    return Path(".")
 
 
 def in_colab() -> bool:
