@@ -68,7 +68,7 @@ def cmd_grade(args) -> int:
     opts = batch.Options(submissions=args.submissions, out=args.out, workers=args.workers,
                          roster=args.roster, mapping=args.map, online=args.online, n_images=args.n_images,
                          cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout,
-                         regrade=args.regrade)
+                         regrade=True if args.regrade == [] else (args.regrade or False))
     result = batch.grade(load(), opts)
     return 0 if result.collection.submissions else 1
 
@@ -91,7 +91,8 @@ def add_grade_parser(sub) -> None:
                    help=f"seconds per cell before it is interrupted (default {course.batch_cell_timeout_s})")
     p.add_argument("--timeout", type=int, default=None,
                    help=f"seconds per notebook before it is killed (default {course.notebook_timeout_s})")
-    p.add_argument("--regrade", action="store_true", help="grade again submissions already graded in --out")
+    p.add_argument("--regrade", nargs="*", metavar="STUDENT",
+                   help="grade again submissions already graded in --out (all, or these students)")
 
 
 def main(argv=None) -> int:

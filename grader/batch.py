@@ -9,7 +9,7 @@ Layout of the output folder (OUT):
   feedback/<student>/<notebook>.html
   nbgrader/                   the main nbgrader folder: gradebook.db, submitted/, autograded/,
                               feedback/ (use it with CRAFT_LAB_WORK=OUT/nbgrader for formgrader)
-  work/<student>/             one submission's own grading: its gradebook, logs, result.json
+  work/<student>/             one submission's own grading: its gradebook, worker.log, result.json
   collected/                  a copy of the input, archives unpacked
 
 Running the command again on the same OUT continues: submissions already merged, with the
@@ -46,7 +46,7 @@ class Options:
     n_images: int | None = None            # default: course.toml grading.n_images
     cell_timeout_s: int | None = None      # default: course.toml grading.batch_cell_timeout_s
     notebook_timeout_s: int | None = None  # default: course.toml grading.notebook_timeout_s
-    regrade: bool = False
+    regrade: bool | list[str] = False      # True: all; a list: these student ids
 
 
 @dataclass
@@ -84,8 +84,13 @@ def prefetch_online(course: Course, env: dict[str, str], echo) -> None:
 
     settings = craftlab.Settings.from_env(env)
     echo(f"Online: caching rabbit.npz in {settings.data_dir} and the ResNet50 weights once...")
-    craftlab.load_rabbits(settings)
-    craftlab.load_resnet50(settings)
+    try:
+        craftlab.load_rabbits(settings)
+        craftlab.load_resnet50(settings)
+    except Exception as exc:
+        raise SystemExit(f"Online grading needs the images and the weights, and getting them failed "
+                         f"({type(exc).__name__}: {exc}). Fix the connection, or grade offline "
+                         "(without --online).") from exc
 
 
 def tests_in_order(course: Course, max_tests: dict[str, float]) -> list[str]:
@@ -97,21 +102,26 @@ def tests_in_order(course: Course, max_tests: dict[str, float]) -> list[str]:
 
 
 def _publish(course: Course, main: Path, out: Path, job_dir: Path, student: str, result: dict) -> None:
-    """Copy one graded submission's files into the main nbgrader folder and OUT/feedback."""
+    """Move one graded submission's files into the main nbgrader folder; link its feedback page."""
     a, name = course.assignment, course.notebook
     for kind in ("submitted", "autograded", "feedback"):
         src, dst = job_dir / kind / student / a, main / kind / student / a
         if dst.exists():
             shutil.rmtree(dst)
         if src.exists():
-            shutil.copytree(src, dst)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, dst)
     page = out / "feedback" / student / f"{name}.html"
     page.parent.mkdir(parents=True, exist_ok=True)
-    html = job_dir / "feedback" / student / a / f"{name}.html"
+    page.unlink(missing_ok=True)
+    html = main / "feedback" / student / a / f"{name}.html"
     if result["status"] == "failed" or not html.exists():
         report.failure_feedback(student, name, result.get("reason") or "no feedback was generated", page)
     else:
-        shutil.copyfile(html, page)
+        try:
+            os.link(html, page)  # the same file twice, without the space (pages hold the plots)
+        except OSError:
+            shutil.copyfile(html, page)
 
 
 def grade(course: Course, opts: Options, echo=print) -> Batch:
@@ -119,6 +129,9 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     n_images = opts.n_images or course.grading_n_images
+    if n_images < 2:
+        raise SystemExit("--n-images must be at least 2: CRAFT's NMF needs at least as many crops "
+                         "(9 per image) as concepts (10)")
     opts.n_images = n_images
     cell_timeout = opts.cell_timeout_s or course.batch_cell_timeout_s
     nb_timeout = opts.notebook_timeout_s or course.notebook_timeout_s
@@ -142,6 +155,8 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     shutil.rmtree(template_dir, ignore_errors=True)
     autograde.prepare_gradebook(course, template_dir)
     template = template_dir / "gradebook.db"
+    # the student version generated with this gradebook: what submissions are checked against
+    release_nb = template_dir / "release" / course.assignment / f"{course.notebook}.ipynb"
     main = out / "nbgrader"
     main_db = main / "gradebook.db"
     max_tests = score.max_scores(template, course.assignment)
@@ -162,7 +177,8 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     for sid, f in sorted(found.submissions.items()):
         job_dir = out / "work" / sid
         merged = job_dir / MERGED
-        if merged.exists() and not opts.regrade:
+        again = opts.regrade is True or (isinstance(opts.regrade, list) and sid in opts.regrade)
+        if merged.exists() and not again:
             previous = json.loads(merged.read_text())
             if previous.get("sha256") == f.sha256:
                 results[sid] = previous
@@ -173,7 +189,7 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
         score.copy_gradebook(template, job_dir / "gradebook.db")
         worker.write_json(job_dir / worker.JOB, {
             "student": sid, "source": str(f.path), "file": f.relpath, "sha256": f.sha256,
-            "cell_timeout_s": cell_timeout})
+            "cell_timeout_s": cell_timeout, "release": str(release_nb)})
         todo.append((sid, f, job_dir))
     if results:
         echo(f"{len(results)} submissions already graded in {out} (same files): kept. "

@@ -122,16 +122,14 @@ def unpack(source: Path, dest: Path) -> Path:
         shutil.copy2(source, dest / source.name)
     else:
         raise FileNotFoundError(f"no such file or folder: {source}")
-    # A zip that wraps everything in one folder of student folders: look inside it.
+    # An archive that wraps everything in one folder: that folder names no student, look inside.
     root = dest
-    while True:
+    while not source.is_dir():
         entries = [p for p in root.iterdir() if p.name not in IGNORED_PARTS]
-        if (len(entries) == 1 and entries[0].is_dir()
-                and any(p.is_dir() for p in entries[0].iterdir() if p.name not in IGNORED_PARTS)
-                and not source.is_dir()):
-            root = entries[0]
-        else:
-            return root
+        if len(entries) != 1 or not entries[0].is_dir():
+            break
+        root = entries[0]
+    return root
 
 
 def _words(text: str) -> str:

@@ -39,7 +39,8 @@ class Repaired:
 
 
 def _meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return meta if isinstance(meta, dict) else {}
 
 
 def _norm(source: str) -> str:
@@ -66,15 +67,21 @@ def parse(raw: bytes) -> tuple[nbformat.NotebookNode | None, str | None]:
         return None, f"not a notebook: invalid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
     if not isinstance(data, dict) or not isinstance(data.get("cells", None), list):
         return None, "not a notebook: the JSON has no list of cells"
+    for cell in data["cells"]:  # damaged cell metadata is dropped, not fatal
+        if isinstance(cell, dict) and not isinstance(cell.get("metadata", {}), dict):
+            cell["metadata"] = {}
     try:
-        nb = nbformat.reads(text, as_version=4)
+        nb = nbformat.reads(json.dumps(data), as_version=4)
     except Exception as exc:  # nbformat's errors on a damaged notebook vary
         return None, f"not a notebook: nbformat cannot read it ({type(exc).__name__}: {exc})"
     for i, cell in enumerate(nb.cells):
         if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw") \
                 or not isinstance(cell.get("source", None), str):
             return None, f"not a notebook: cell {i} is malformed"
-        cell.setdefault("metadata", nbformat.NotebookNode())
+        if not isinstance(cell.get("metadata"), dict):
+            cell["metadata"] = nbformat.NotebookNode()
+        if "nbgrader" in cell.metadata and not isinstance(cell.metadata["nbgrader"], dict):
+            del cell.metadata["nbgrader"]  # damaged: treated as missing, and rebuilt if the cell matches
     return nb, None
 
 

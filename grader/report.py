@@ -113,7 +113,7 @@ def plot(results: list[dict], tests: list[str], max_tests: dict[str, float], des
     grid = np.array([[points(r, t) / max_tests[t] if max_tests[t] else 0 for t in tests] for r in rows]
                     or [[0.0] * len(tests)])
     failed = np.array([r["status"] == "failed" for r in rows] or [False])
-    height = min(2.5 + 0.22 * n, 40)
+    height = min(3.5 + 0.25 * n, 40)
     fig, (ax, hx) = plt.subplots(1, 2, figsize=(max(8, 0.55 * len(tests) + 6), height),
                                  gridspec_kw={"width_ratios": [max(len(tests), 4), 4]})
     cmap = matplotlib.colormaps["RdYlGn"]

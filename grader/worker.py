@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -78,17 +77,20 @@ def kill_tree(pid: int, marker: str | None = None) -> int:
     return len(procs)
 
 
-def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict | None = None) -> dict:
+def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict | None = None,
+            argv: list[str] | None = None) -> dict:
     """Grade the submission described in job_dir/job.json in a child process; return its result.
 
     registry, when given, holds {job folder name: (pid, marker)} while the worker runs, so
-    that the caller can kill every running worker (on Ctrl-C).
+    that the caller can kill every running worker (on Ctrl-C). argv replaces the worker
+    command (tests).
     """
     marker = f"{job_dir.name}-{os.getpid()}-{time.monotonic_ns()}"
     env = dict(env, **{MARKER: marker, "PYTHONUNBUFFERED": "1"})
     started = time.monotonic()
     with open(job_dir / LOG, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "grader.worker", str(job_dir)], cwd=ROOT, env=env,
+        argv = argv or [sys.executable, "-m", "grader.worker", str(job_dir)]
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         if registry is not None:
@@ -173,20 +175,17 @@ def _cell_problems(nb, cell_timeout_s: int) -> tuple[list[str], list[str]]:
             continue
         meta = cell.metadata.get("nbgrader", {})
         label = cell_label(cell, index)
-        for out in cell.get("outputs", []):
-            if out.get("output_type") != "error":
-                continue
-            ename = out.get("ename", "")
-            if ename == "CellTimeoutError":
-                timeouts.append(label)
-            elif meta.get("grade") or (meta.get("locked") and not meta.get("solution")):
-                continue  # a failing test or a provided cell: the scores say it
-            elif ename == "NotImplementedError" and meta.get("solution"):
-                unanswered.append(label)
-            elif ename not in ("NotRun", "KernelDied", "KernelUnresponsive"):
-                value = " ".join(str(out.get("evalue", "")).split())[:100]
-                errors.append(f"{label} ({ename}: {value})" if value else f"{label} ({ename})")
-            break
+        errs = [out for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+        names = [out.get("ename", "") for out in errs]
+        if "CellTimeoutError" in names:
+            timeouts.append(label)
+        elif not errs or meta.get("grade") or (meta.get("locked") and not meta.get("solution")):
+            continue  # a failing test or a provided cell: the scores say it
+        elif names[0] == "NotImplementedError" and meta.get("solution"):
+            unanswered.append(label)
+        elif names[0] not in ("NotRun", "KernelDied", "KernelUnresponsive"):
+            value = " ".join(str(errs[0].get("evalue", "")).split())[:100]
+            errors.append(f"{label} ({names[0]}: {value})" if value else f"{label} ({names[0]})")
     notes, review = [], []
     if unanswered:
         notes.append(f"not answered: {', '.join(unanswered)}")
@@ -210,7 +209,7 @@ def grade_here(job_dir: Path) -> dict:
     result = {"student": student, "file": job.get("file"), "sha256": job.get("sha256"),
               "status": "failed", "reason": "", "notes": [], "review": []}
 
-    release = nbformat.read(course.student_notebook, as_version=4)
+    release = nbformat.read(job["release"], as_version=4)
     repaired = repair_mod.repair(Path(job["source"]).read_bytes(), release, f"{name}.ipynb")
     if repaired.error:
         result["reason"] = repaired.error
@@ -254,6 +253,9 @@ def grade_here(job_dir: Path) -> dict:
     gradebook = job_dir / "gradebook.db"
     result["tests"] = score.cell_scores(gradebook, assignment, student)
     result["max_tests"] = score.max_scores(gradebook, assignment)
+    unscored = sorted(t for t, v in result["tests"].items() if v is None)
+    if unscored:
+        result["review"].append(f"nbgrader could not score {', '.join(unscored)} (counted as 0)")
     result["status"] = "review" if result["review"] else "graded"
     result["reason"] = "; ".join(result["review"])
     return result
@@ -262,7 +264,6 @@ def grade_here(job_dir: Path) -> dict:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job_dir = Path(argv[0]).resolve()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     try:
         result = grade_here(job_dir)

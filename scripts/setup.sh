@@ -31,10 +31,9 @@ started=$(date +%s)
 [ -x "$VENV/bin/python" ] || { echo "setup: creating $VENV with $PY"; "$PY" -m venv "$VENV"; }
 echo "setup: installing the pinned packages (first run: a few minutes, ~8 GB; torch comes from the local disk)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip==26.3
+# (pipefail keeps pip's exit status; the filter only drops noise lines)
 "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -r requirements.txt \
-    | grep -v -E "^(Requirement already satisfied|WARNING: Location)" || true
-# Re-check: the grep above hides pip's exit status.
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    | { grep -v -E "^(Requirement already satisfied|WARNING: Location)" || true; }
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 
 # triton (pulled in by torch's Linux wheel) only compiles GPU kernels. Its 3.8.0 build

@@ -42,16 +42,12 @@ def run_env(**extra: str) -> dict[str, str]:
 
 
 def reference_answers(course=COURSE) -> dict[str, str]:
-    """cell id -> the reference answer (the solution cell's code between the markers)."""
+    """cell id -> the reference answer of each solution cell (see tests/submissions.py)."""
     import nbformat
 
-    nb = nbformat.read(course.source_notebook, as_version=4)
-    answers = {}
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("solution") and cell.cell_type == "code":
-            body = cell.source.split("### BEGIN SOLUTION", 1)[1].split("### END SOLUTION", 1)[0]
-            answers[cell.id] = body.strip("\n")
-    return answers
+    from submissions import reference_answers as from_notebook
+
+    return from_notebook(nbformat.read(course.source_notebook, as_version=4))
 
 
 def build_submission(path: Path, answers: dict[str, str] | None = None, course=COURSE, edit=None) -> Path:

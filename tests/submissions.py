@@ -93,16 +93,25 @@ class Sample:
     name: str                                   # also the student id
     edits: dict[str, str] = field(default_factory=dict)
     lost: dict[str, float] | str = field(default_factory=dict)
+    lost_after: str | None = None               # every graded cell after this cell scores 0 too
     blank: bool = False                         # start from the blank student notebook
     transform: Callable[[dict], bytes] | None = None
     filename: str = "craft_lab.ipynb"
     status: str = "graded"                      # graded, review or failed
     says: str = ""                              # in the reason or the notes
 
-    def expected(self, points: dict[str, float]) -> dict[str, float]:
+    def expected(self, source_nb) -> dict[str, float]:
+        """Points each graded cell must get, from the notebook's metadata and `lost`."""
+        points = max_points(source_nb)
         if self.lost == ALL or self.status == "failed":
             return {g: 0.0 for g in points}
-        return {g: max(0.0, p - self.lost.get(g, 0.0)) for g, p in points.items()}
+        expected = {g: max(0.0, p - self.lost.get(g, 0.0)) for g, p in points.items()}
+        if self.lost_after:
+            ids = [c.get("id") for c in source_nb.cells]
+            for c in source_nb.cells[ids.index(self.lost_after) + 1:]:
+                if _meta(c).get("grade"):
+                    expected[_meta(c)["grade_id"]] = 0.0
+        return expected
 
     def build(self, student_nb, answers: dict[str, str]) -> bytes:
         nb = copy.deepcopy(student_nb)
@@ -157,8 +166,8 @@ SAMPLES: list[Sample] = [
            says="answer_eval (SyntaxError"),
     Sample("endless_loop", {"answer_plot_maps": "while True:\n    pass"}, {"check_plots": 2},
            status="review", says="cell limit and was interrupted: answer_plot_maps"),
-    Sample("kernel_dies", {"answer_importance": "import os\nos._exit(1)"},
-           {"check_importance": 1, "check_plots": 2}, status="review", says="kernel died in answer_importance"),
+    Sample("kernel_dies", {"answer_importance": "import os\nos._exit(1)"}, lost_after="answer_importance",
+           status="review", says="kernel died in answer_importance"),
     Sample("test_deleted", transform=delete_cells("check_h"), status="review",
            says="test cells missing from the submission (deleted?): check_h"),
     Sample("locked_edited", {"check_h": "print('OK: trust me')",

@@ -1,0 +1,180 @@
+"""Batch grading end to end: every sample submission gets its expected score, in one batch.
+
+All samples of tests/submissions.py are graded in ONE run with 2 workers (module fixture),
+in grading mode with 2 images, so the whole module stays within minutes on 2 cores. A few
+of them are graded again with 1 worker to check that parallel and sequential grading
+give the same gradebook.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import ROOT, run_env
+from grader import batch, release, score
+from submissions import SAMPLES, write_samples
+
+N_IMAGES = 2          # 9 crops per image; 18 crops are enough for 10 concepts
+CELL_TIMEOUT = 60     # the slowest cell (the imports) takes ~15-25 s here under load
+NOTEBOOK_TIMEOUT = 600
+SEQUENTIAL = ["reference", "blank", "train_mode", "kernel_dies", "invalid_json"]
+
+pytestmark = pytest.mark.slow  # ~12 min on 2 cores: CI runs it, `make test-quick` leaves it out
+
+
+def options(submissions, out, workers, **kw):
+    return batch.Options(submissions=submissions, out=out, workers=workers, n_images=N_IMAGES,
+                         cell_timeout_s=CELL_TIMEOUT, notebook_timeout_s=NOTEBOOK_TIMEOUT, **kw)
+
+
+@pytest.fixture(scope="module")
+def source(course):
+    return nbformat.read(course.source_notebook, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def student_notebook(course, tmp_path_factory):
+    """The student version as nbgrader generates it now from the source notebook
+    (the committed notebooks/ copy is the same when in sync; test_kit_notebook checks that)."""
+    folder = release.generate(course, tmp_path_factory.mktemp("release"))
+    return folder / f"{course.notebook}.ipynb"
+
+
+@pytest.fixture(scope="module")
+def inbox(course, student_notebook, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inbox")
+    write_samples(SAMPLES, folder, course.source_notebook, student_notebook)
+    # what else lands in a TA's download folder
+    shutil.copyfile(folder / "reference" / "craft_lab.ipynb", folder / "Copy of craft_lab.ipynb")  # no owner
+    (folder / "reference" / "notes.txt").write_text("not a notebook")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def graded(course, inbox, tmp_path_factory):
+    out = tmp_path_factory.mktemp("graded")
+    lines = []
+    result = batch.grade(course, options(inbox, out, workers=2), echo=lines.append)
+    print("\n".join(lines))
+    return result, out, lines
+
+
+def by_student(result):
+    return {r["student"]: r for r in result.results}
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.name)
+def test_each_sample_gets_its_expected_points(graded, source, sample):
+    result, out, _ = graded
+    got = by_student(result)[sample.name]
+    expected = sample.expected(source)
+    scores = {t: float(got.get("tests", {}).get(t) or 0.0) for t in expected}
+    assert scores == expected, f"{sample.name}: {got.get('status')} {got.get('reason')} {got.get('notes')}"
+    assert got["status"] == sample.status, (got.get("reason"), got.get("notes"))
+    said = " | ".join([got.get("reason", "")] + got.get("notes", []))
+    assert sample.says in said
+
+
+def test_every_submission_is_graded_and_the_odd_files_are_reported(graded):
+    result, out, lines = graded
+    assert sorted(by_student(result)) == sorted(s.name for s in SAMPLES)
+    rows = list(csv.DictReader(open(out / "collect.csv")))
+    status = {r["file"]: r["status"] for r in rows}
+    assert status["Copy of craft_lab.ipynb"] == "unmapped"
+    assert status["reference/notes.txt"] == "ignored"
+    assert any("UNMAPPED: Copy of craft_lab.ipynb" in line for line in lines)
+
+
+def test_progress_shows_each_submission_with_elapsed_time(graded):
+    _, _, lines = graded
+    progress = [line for line in lines if line.startswith("[")]
+    assert len(progress) == len(SAMPLES)
+    assert all("elapsed" in line and "left" in line for line in progress)
+
+
+def test_reports(graded, source, course):
+    result, out, _ = graded
+    full = sum(v for v in result.max_tests.values())
+    # grades.csv is nbgrader's own export
+    grades = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv"))}
+    for sample in SAMPLES:
+        row = grades[sample.name]
+        assert float(row["score"]) == sum(sample.expected(source).values()), sample.name
+        assert float(row["max_score"]) == full
+    # results.csv: one row per submission, one column per test, the reason
+    rows = {r["student_id"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert set(rows) == {s.name for s in SAMPLES}
+    assert rows["invalid_json"]["status"] == "failed" and "invalid JSON" in rows["invalid_json"]["reason"]
+    for test in result.tests:
+        assert test in rows["reference"]
+    # the per-test table and the picture
+    summary = (out / "summary.md").read_text()
+    for test in result.tests:
+        assert f"| {test} |" in summary
+    assert "## Needs a look" in summary and "kernel_dies" in summary
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # feedback: nbgrader's page for graded ones, a page with the reason for the others
+    for sample in SAMPLES:
+        page = (out / "feedback" / sample.name / f"{course.notebook}.html").read_text()
+        if sample.status == "failed":
+            assert "not graded automatically" in page
+        else:
+            assert "check_fit" in page
+
+
+def test_main_gradebook_holds_what_each_grading_wrote_and_flags_problems(graded, course):
+    result, out, _ = graded
+    main = score.dump(out / "nbgrader" / "gradebook.db", course.assignment)
+    for r in result.results:
+        sid = r["student"]
+        flagged = main[("notebook", sid, course.notebook)][0]
+        assert flagged == (r["status"] != "graded"), sid
+        if r["status"] == "failed":
+            continue
+        own = score.dump(out / "work" / sid / "gradebook.db", course.assignment)
+        mine = {k: v for k, v in own.items() if k[0] in ("grade", "comment")}
+        assert mine and all(main[k] == v for k, v in mine.items()), sid
+
+
+def test_parallel_and_sequential_grading_give_identical_gradebooks(graded, course, inbox, tmp_path):
+    _, out, _ = graded
+    subset = tmp_path / "subset"
+    for name in SEQUENTIAL:
+        shutil.copytree(inbox / name, subset / name)
+    batch.grade(course, options(subset, tmp_path / "seq", workers=1), echo=lambda *_: None)
+
+    def only(dump):
+        return {k: v for k, v in dump.items() if k[1] in SEQUENTIAL}
+
+    parallel = only(score.dump(out / "nbgrader" / "gradebook.db", course.assignment))
+    sequential = only(score.dump(tmp_path / "seq" / "nbgrader" / "gradebook.db", course.assignment))
+    assert parallel == sequential
+
+
+def test_running_again_continues_and_keeps_manual_grades(graded, course, inbox):
+    """The CLI on the same --out: nothing is graded twice, a TA's manual score survives."""
+    from nbgrader.api import Gradebook
+
+    _, out, _ = graded
+    db = out / "nbgrader" / "gradebook.db"
+    with Gradebook(score.db_url(db)) as gb:
+        gb.find_grade("check_fit", course.notebook, course.assignment, "fit_unseeded").manual_score = 1.5
+        gb.db.commit()
+    before = score.dump(db, course.assignment)
+    proc = subprocess.run([sys.executable, "-m", "grader", "grade", str(inbox), "--out", str(out),
+                           "--workers", "2", "--n-images", str(N_IMAGES)],
+                          cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(SAMPLES)} submissions already graded" in proc.stdout
+    assert "Grading 0 submissions" in proc.stdout
+    assert score.dump(db, course.assignment) == before
+    grades = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv"))}
+    merged = json.loads((out / "work" / "fit_unseeded" / "merged.json").read_text())
+    assert merged["tests"]["check_fit"] == 0
+    assert float(grades["fit_unseeded"]["score"]) == sum(merged["tests"].values()) + 1.5
