@@ -138,6 +138,23 @@ IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 CRAFT = """craft = CraftTorch(input_to_latent_model=g, latent_to_logit_model=h,
                    number_of_concepts={k}, patch_size={patch}, batch_size=64, device=device)"""
 
+DELETION = '''def deletion_curve_for(order):
+    "Class-330 logit, averaged over the images, after deleting the first k concepts of order, k = 0..r."
+    curve = []
+    for k in range(len(order) + 1):
+        u = U_images.copy()
+        u[..., np.asarray(order[:k], dtype=int)] = 0
+        activations = torch.from_numpy(u @ concept_bank_w)
+        with torch.no_grad():
+            logits = h(activations.permute(0, 3, 1, 2).to(device))
+        curve.append(logits[:, RABBIT_CLASS].mean().item())
+    return np.array(curve)
+
+
+deletion_order = {order}
+deletion_curve = deletion_curve_for(deletion_order)
+random_curves = np.stack([deletion_curve_for(order) for order in {orders}])'''
+
 SAMPLES: list[Sample] = [
     Sample("reference"),
     Sample("blank", blank=True, lost=ALL, says="not answered: answer_eval"),
@@ -161,6 +178,32 @@ SAMPLES: list[Sample] = [
            {"check_importance": 1}),
     Sample("plot_missing", {"answer_plot_crops": "# craft.plot_concepts_crops(...)  (forgotten)"},
            {"check_plots": 2}),
+    # Going further: one wrong answer per new task, each losing only its own points.
+    Sample("gf_split3_fresh_linear",
+           {"gf_answer_split3": "children = list(model.children())\ng3 = nn.Sequential(*children[:7])\n"
+                                "h3 = nn.Sequential(model.layer4, model.avgpool, nn.Flatten(), nn.Linear(2048, 1000))"},
+           {"gf_check_split3": 2}),
+    Sample("gf_fit3_unseeded",
+           {"gf_answer_fit3": "craft3 = CraftTorch(input_to_latent_model=g3, latent_to_logit_model=h3, "
+                              "number_of_concepts=10, patch_size=80, batch_size=64, device=device)\n"
+                              "crops3, crops_u3, concept_bank_w3 = craft3.fit(images_preprocessed, class_id=RABBIT_CLASS)"},
+           {"gf_check_fit3": 1}),
+    Sample("gf_local_is_global",
+           {"gf_answer_local": "local_importances = craft.estimate_importance()\n"
+                               "local_order = np.argsort(local_importances)[::-1]"},
+           {"gf_check_local": 2}),
+    Sample("gf_deletion_increasing",
+           {"gf_answer_deletion": DELETION.format(order="np.argsort(importances)", orders="random_orders")},
+           {"gf_check_deletion": 2}),
+    Sample("gf_random_unseeded",
+           {"gf_answer_deletion": DELETION.format(
+               order="np.argsort(importances)[::-1]",
+               orders="[np.random.permutation(craft.number_of_concepts) for _ in range(10)]")},
+           {"gf_check_random": 1}),
+    Sample("gf_auc_unnormalised",
+           {"gf_answer_auc": "r = craft.number_of_concepts\nauc_importance = np.trapezoid(deletion_curve)\n"
+                             "auc_random = np.trapezoid(random_curves, axis=1).mean()"},
+           {"gf_check_auc": 1}),
     # Broken submissions: graded without stopping the batch, with a clear reason.
     Sample("syntax_error", {"answer_eval": "model.eval("}, {"check_eval": 1, "check_model_untouched": 1},
            says="answer_eval (SyntaxError"),
