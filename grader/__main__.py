@@ -6,8 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import autograde, release
-from .course import ROOT, load
+from . import release
+from .course import ROOT, lab_module, load
 
 
 def cmd_student(args) -> int:
@@ -21,7 +21,8 @@ def cmd_student(args) -> int:
 
 def cmd_record(args) -> int:
     course = load()
-    env = " ".join(f"{k}={v}" for k, v in release.RECORD_ENV.items())
+    settings = lab_module(course).Settings.from_env(release.record_env(course))
+    env = f"offline={settings.offline}, {settings.n_images} images"
     print(f"Executing {course.source_notebook.relative_to(ROOT)} in place ({env}) to record "
           "the outputs nbval compares against...")
     seconds = release.record_outputs(course)
@@ -41,25 +42,45 @@ def cmd_check_sync(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    """Grade a small sample class through the batch grader, exactly as a TA would."""
+    from . import batch, samples
+
     course = load()
-    cmd_student(args)
-    work = ROOT / ".grading" / "demo"
+    chosen = [s for s in samples.DEMO_CLASS if not args.only or s.name in args.only]
+    unknown = set(args.only or ()) - {s.name for s in samples.DEMO_CLASS}
+    if unknown or not chosen:
+        print(f"--only takes names from the demo class: {', '.join(s.name for s in samples.DEMO_CLASS)}")
+        return 2
+    work = ROOT / ".grading" / "demo"  # ignored by git: the demo leaves the working tree as it was
     shutil.rmtree(work, ignore_errors=True)
-    print(f"Preparing a gradebook in {work.relative_to(ROOT)}/")
-    autograde.prepare_gradebook(course, work)
-    autograde.submit(course, work, "reference", course.source_notebook)
-    print(f"Autograding the reference solution offline with {course.grading_n_images} images "
+    student = release.generate(course, work / "release") / f"{course.notebook}.ipynb"
+    samples.write_samples(chosen, work / "inbox", course.source_notebook, student)
+    print(f"Demo class: {', '.join(s.name for s in chosen)} (built from the student notebook in "
+          f"{(work / 'inbox').relative_to(ROOT)}/). Grading it offline, as a TA would "
           "(random weights, synthetic images: this checks the kit, not CRAFT's results)...")
-    result = autograde.autograde(course, work, "reference", autograde.grading_env(course, work))
-    if result.score is None:
-        print(result.log[-4000:])
-        print("FAILED: nbgrader recorded no score for the reference solution.")
+    graded = batch.grade(course, batch.Options(submissions=work / "inbox", out=work / "out",
+                                               workers=args.workers))
+    return _demo_verdict(course, chosen, graded, work / "out")
+
+
+def _demo_verdict(course, chosen, graded, out: Path) -> int:
+    """Compare each sample's points with what it must get; say where the TA's files are."""
+    import nbformat
+
+    source = nbformat.read(course.source_notebook, as_version=4)
+    wrong = []
+    for sample in chosen:
+        got = {t: graded.scores.get(sample.name, {}).get(t, 0.0) for t in graded.tests}
+        if got != sample.expected(source):
+            wrong.append(f"{sample.name}: got {got}, expected {sample.expected(source)}")
+    print(f"\nWhere to look: {out / 'grades.csv'} (for the LMS), {out / 'feedback'}/<student>/"
+          f"{course.notebook}.html (pages for the students), {out / 'scores.png'} (the class at a glance), "
+          f"{out / 'summary.md'}, {out / 'results.csv'}.")
+    if wrong:
+        print("DEMO FAILED: some samples did not get their expected points:\n  " + "\n  ".join(wrong))
         return 1
-    print(f"Reference solution: {result.score:g} / {result.max_score:g} points "
-          f"(nbgrader autograde, {result.seconds:.0f} s)")
-    for name, score in autograde.cell_scores(course, work, "reference").items():
-        print(f"  {name:<24} {score:g}")
-    return 0 if result.score == result.max_score else 1
+    print(f"Demo OK: each of the {len(chosen)} samples got exactly the points it must get.")
+    return 0
 
 
 def cmd_grade(args) -> int:
@@ -98,7 +119,10 @@ def add_grade_parser(sub) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="generate the student notebook, autograde the reference solution offline, print its score")
+    demo = sub.add_parser("demo", help="grade a small sample class (reference, blank, two typical mistakes) "
+                                       "offline through the batch grader, and check each got its due")
+    demo.add_argument("--only", nargs="+", metavar="NAME", help="grade only these samples of the demo class")
+    demo.add_argument("--workers", type=int, default=0, help="submissions graded at once (default: one per CPU)")
     sub.add_parser("student", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
     sub.add_parser("record", help="re-execute the source notebook offline to record the outputs nbval checks")
     sub.add_parser("check-sync", help="fail if the committed student notebook is stale")

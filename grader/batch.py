@@ -18,19 +18,20 @@ the main gradebook are kept, as nbgrader autograde keeps them.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from nbgrader import utils as nbu
 
-from . import autograde, collect, report, score, worker
-from .course import ROOT, Course
+from . import collect, report, score, worker
+from .course import Course, grading_env, lab_module
+from .results import STATUSES, GradingResult
 
 MERGED = "merged.json"
 
@@ -49,14 +50,58 @@ class Options:
     regrade: bool | list[str] = False      # True: all; a list: these student ids
 
 
+@dataclass(frozen=True)
+class Settings:
+    """Options resolved against course.toml: what this batch really runs with."""
+    n_images: int
+    cell_timeout_s: int
+    notebook_timeout_s: int
+    workers: int
+    threads: int                           # per kernel, so that the workers share the CPUs
+
+    @classmethod
+    def resolve(cls, course: Course, opts: Options) -> "Settings":
+        n_images = opts.n_images or course.grading_n_images
+        if n_images < 2:
+            raise SystemExit("--n-images must be at least 2: CRAFT's NMF needs at least as many crops "
+                             "(9 per image) as concepts (10)")
+        workers = opts.workers or os.cpu_count() or 1
+        return cls(n_images, opts.cell_timeout_s or course.batch_cell_timeout_s,
+                   opts.notebook_timeout_s or course.notebook_timeout_s, workers,
+                   max(1, (os.cpu_count() or 1) // workers))
+
+
 @dataclass
 class Batch:
-    results: list[dict]
+    results: list[GradingResult]
+    scores: report.Points                  # what counts, read from the main gradebook
     tests: list[str]
     max_tests: dict[str, float]
     collection: collect.Collection
     seconds: float
     graded_now: int
+    tables: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Folders:
+    """The output folder's parts (see the module's docstring)."""
+    out: Path
+
+    @property
+    def main(self) -> Path:
+        return self.out / "nbgrader"
+
+    @property
+    def main_db(self) -> Path:
+        return self.main / "gradebook.db"
+
+    @property
+    def template(self) -> Path:
+        return self.out / "work" / "_template"
+
+    def job(self, student: str) -> Path:
+        return self.out / "work" / student
 
 
 def _clock(seconds: float) -> str:
@@ -65,23 +110,9 @@ def _clock(seconds: float) -> str:
         else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def grading_env(course: Course, job_dir: Path, opts: Options, threads: int) -> dict[str, str]:
-    env = autograde.grading_env(course, job_dir, offline=not opts.online, n_images=opts.n_images)
-    if opts.online:
-        env.pop("CRAFT_LAB_OFFLINE", None)
-        env.setdefault("CRAFT_LAB_DATA_DIR", str(ROOT / "data"))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        env[var] = str(threads)
-    return env
-
-
 def prefetch_online(course: Course, env: dict[str, str], echo) -> None:
     """Online grading: download the images and weights once, before the workers start."""
-    import sys
-    sys.path.insert(0, str(course.source_dir))
-    import craftlab  # the kit's helper module (not student code)
-
+    craftlab = lab_module(course)
     settings = craftlab.Settings.from_env(env)
     echo(f"Online: caching rabbit.npz in {settings.data_dir} and the ResNet50 weights once...")
     try:
@@ -96,49 +127,13 @@ def prefetch_online(course: Course, env: dict[str, str], echo) -> None:
 def tests_in_order(course: Course, max_tests: dict[str, float]) -> list[str]:
     """Graded cells in notebook order (from the source notebook's metadata)."""
     nb = nbformat.read(course.source_notebook, as_version=4)
-    order = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells
-             if c.metadata.get("nbgrader", {}).get("grade")]
+    order = [c.metadata.nbgrader["grade_id"] for c in nb.cells if nbu.is_grade(c)]
     return [t for t in order if t in max_tests] + sorted(set(max_tests) - set(order))
 
 
-def _publish(course: Course, main: Path, out: Path, job_dir: Path, student: str, result: dict) -> None:
-    """Move one graded submission's files into the main nbgrader folder; link its feedback page."""
-    a, name = course.assignment, course.notebook
-    for kind in ("submitted", "autograded", "feedback"):
-        src, dst = job_dir / kind / student / a, main / kind / student / a
-        if dst.exists():
-            shutil.rmtree(dst)
-        if src.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(src, dst)
-    page = out / "feedback" / student / f"{name}.html"
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.unlink(missing_ok=True)
-    html = main / "feedback" / student / a / f"{name}.html"
-    if result["status"] == "failed" or not html.exists():
-        report.failure_feedback(student, name, result.get("reason") or "no feedback was generated", page)
-    else:
-        try:
-            os.link(html, page)  # the same file twice, without the space (pages hold the plots)
-        except OSError:
-            shutil.copyfile(html, page)
+# ----------------------------------------------------------------------------- phases
 
-
-def grade(course: Course, opts: Options, echo=print) -> Batch:
-    started = time.monotonic()
-    out = opts.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    n_images = opts.n_images or course.grading_n_images
-    if n_images < 2:
-        raise SystemExit("--n-images must be at least 2: CRAFT's NMF needs at least as many crops "
-                         "(9 per image) as concepts (10)")
-    opts.n_images = n_images
-    cell_timeout = opts.cell_timeout_s or course.batch_cell_timeout_s
-    nb_timeout = opts.notebook_timeout_s or course.notebook_timeout_s
-    workers = opts.workers or os.cpu_count() or 1
-    threads = max(1, (os.cpu_count() or 1) // workers)
-
-    # 1. Collect.
+def collect_phase(course: Course, opts: Options, out: Path, echo):
     roster = collect.read_roster(opts.roster) if opts.roster else None
     mapping = collect.read_mapping(opts.mapping) if opts.mapping else None
     root = collect.unpack(opts.submissions, out / "collected")
@@ -149,91 +144,122 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     for f in found.files:
         if f.status in ("unmapped", "superseded"):
             echo(f"  {f.status.upper()}: {f.relpath}: {f.reason}")
+    return found, roster or {}
 
-    # 2. Gradebooks: an empty template, and the main one (kept across runs).
-    template_dir = out / "work" / "_template"
-    shutil.rmtree(template_dir, ignore_errors=True)
-    autograde.prepare_gradebook(course, template_dir)
-    template = template_dir / "gradebook.db"
-    # the student version generated with this gradebook: what submissions are checked against
-    release_nb = template_dir / "release" / course.assignment / f"{course.notebook}.ipynb"
-    main = out / "nbgrader"
-    main_db = main / "gradebook.db"
+
+def gradebooks_phase(course: Course, folders: Folders, roster: dict) -> dict[str, float]:
+    """An empty template gradebook, and the main one (kept across runs); returns the max points."""
+    shutil.rmtree(folders.template, ignore_errors=True)
+    template = score.prepare_gradebook(course, folders.template)
     max_tests = score.max_scores(template, course.assignment)
-    if main_db.exists():
-        if score.max_scores(main_db, course.assignment) != max_tests:
-            raise RuntimeError(f"{main_db} was made for another version of the notebook (other tests "
-                               "or points): grade into a new --out folder")
+    if folders.main_db.exists():
+        if score.max_scores(folders.main_db, course.assignment) != max_tests:
+            raise RuntimeError(f"{folders.main_db} was made for another version of the notebook (other "
+                               "tests or points): grade into a new --out folder")
     else:
-        main.mkdir(parents=True, exist_ok=True)
-        score.copy_gradebook(template, main_db)
+        folders.main.mkdir(parents=True, exist_ok=True)
+        score.copy_gradebook(template, folders.main_db)
     if roster:
-        score.add_students(main_db, list(roster.values()))
-    tests = tests_in_order(course, max_tests)
+        score.add_students(folders.main_db, list(roster.values()))
+    return max_tests
 
-    # 3. Jobs (skipping what an earlier run of this command already merged).
-    results: dict[str, dict] = {}
+
+def _wants_regrade(opts: Options, sid: str) -> bool:
+    return opts.regrade is True or (isinstance(opts.regrade, list) and sid in opts.regrade)
+
+
+def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folders, found, echo):
+    """Job folders for what needs grading; results kept from an earlier run for the rest."""
+    kept: dict[str, GradingResult] = {}
     todo = []
+    release_nb = folders.template / "release" / course.assignment / f"{course.notebook}.ipynb"
     for sid, f in sorted(found.submissions.items()):
-        job_dir = out / "work" / sid
-        merged = job_dir / MERGED
-        again = opts.regrade is True or (isinstance(opts.regrade, list) and sid in opts.regrade)
-        if merged.exists() and not again:
-            previous = json.loads(merged.read_text())
-            if previous.get("sha256") == f.sha256:
-                results[sid] = previous
+        job_dir = folders.job(sid)
+        if (job_dir / MERGED).exists() and not _wants_regrade(opts, sid):
+            previous = GradingResult.read(job_dir / MERGED)
+            if previous.sha256 == f.sha256:
+                kept[sid] = previous
                 continue
-        if job_dir.exists():
-            shutil.rmtree(job_dir)
+        shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True)
-        score.copy_gradebook(template, job_dir / "gradebook.db")
-        worker.write_json(job_dir / worker.JOB, {
-            "student": sid, "source": str(f.path), "file": f.relpath, "sha256": f.sha256,
-            "cell_timeout_s": cell_timeout, "release": str(release_nb)})
+        score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
+        worker.Job(student=sid, source=str(f.path), release=str(release_nb),
+                   cell_timeout_s=settings.cell_timeout_s, file=f.relpath, sha256=f.sha256).write(job_dir)
         todo.append((sid, f, job_dir))
-    if results:
-        echo(f"{len(results)} submissions already graded in {out} (same files): kept. "
+    if kept:
+        echo(f"{len(kept)} submissions already graded in {opts.out} (same files): kept. "
              "Use --regrade to grade them again.")
-    mode = "online" if opts.online else "offline"
-    echo(f"Grading {len(todo)} submissions with {workers} worker(s), {mode}, {n_images} images, "
-         f"limits {cell_timeout} s per cell and {nb_timeout} s per notebook")
-    if opts.online and todo:
-        prefetch_online(course, grading_env(course, out, opts, threads), echo)
+    return kept, todo
 
-    # 4. Grade in parallel; merge one at a time, here, as each finishes.
-    roster_info = roster or {}
-    done = 0
-    batch_started = time.monotonic()
-    lock = threading.Lock()
 
-    def finish(sid, f, job_dir, result):
-        nonlocal done
-        result.update(student=sid, file=f.relpath, sha256=f.sha256)
-        result.setdefault("notes", [])
-        f_notes = [] if f.rule in ("regexp", "") else [f"student id from the {f.rule}"]
-        result["notes"] = f_notes + result["notes"]
-        ok = result["status"] in ("graded", "review")
-        score.merge(main_db, course.assignment, sid, job_dir / "gradebook.db" if ok else None,
-                    flag=result["status"] != "graded", info=roster_info.get(sid))
-        _publish(course, main, out, job_dir, sid, result)
-        worker.write_json(job_dir / MERGED, result)
-        results[sid] = result
-        done += 1
-        elapsed = time.monotonic() - batch_started
-        left = (len(todo) - done) * elapsed / done
-        got = f"{report.total(result, tests):g}/{sum(max_tests.values()):g}"
-        why = f"  {result.get('reason', '')}" if result["status"] != "graded" else ""
-        echo(f"[{done:>{len(str(len(todo)))}}/{len(todo)}] {sid:<{width}} {got:>7}  {result['status']:<6} "
-             f"{result.get('seconds', 0):>5.0f} s | elapsed {_clock(elapsed)}, "
-             f"~{_clock(left)} left{why}")
+def _publish(course: Course, folders: Folders, job_dir: Path, result: GradingResult) -> None:
+    """Move one graded submission's files into the main nbgrader folder; link its feedback page."""
+    a, name, student = course.assignment, course.notebook, result.student
+    for kind in ("submitted", "autograded", "feedback"):
+        src, dst = job_dir / kind / student / a, folders.main / kind / student / a
+        if dst.exists():
+            shutil.rmtree(dst)
+        if src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, dst)
+    page = folders.out / "feedback" / student / f"{name}.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.unlink(missing_ok=True)
+    html = folders.main / "feedback" / student / a / f"{name}.html"
+    if result.status == "failed" or not html.exists():
+        report.failure_feedback(student, name, result.reason or "no feedback was generated", page)
+    else:
+        try:
+            os.link(html, page)  # the same file twice, without the space (pages hold the plots)
+        except OSError:
+            shutil.copyfile(html, page)
 
-    width = max((len(sid) for sid, _, _ in todo), default=8)
+
+class Merger:
+    """Merges finished submissions into the main gradebook, one at a time, and reports progress."""
+
+    def __init__(self, course: Course, folders: Folders, todo: list, roster: dict, tests, max_tests, echo):
+        self.course, self.folders, self.roster, self.echo = course, folders, roster, echo
+        self.tests, self.full = tests, sum(max_tests.values())
+        self.total, self.done, self.started = len(todo), 0, time.monotonic()
+        self.width = max((len(sid) for sid, _, _ in todo), default=8)
+        self.results: dict[str, GradingResult] = {}
+        self.lock = threading.Lock()
+
+    def finish(self, sid: str, f, job_dir: Path, result: GradingResult) -> None:
+        with self.lock:
+            result.student, result.file, result.sha256 = sid, f.relpath, f.sha256
+            if f.rule not in ("regexp", ""):
+                result.notes.insert(0, f"student id from the {f.rule}")
+            ok = result.status in ("graded", "review")
+            score.merge(self.folders.main_db, self.course.assignment, sid, job_dir / "gradebook.db" if ok else None,
+                        flag=result.status != "graded", info=self.roster.get(sid))
+            _publish(self.course, self.folders, job_dir, result)
+            result.write(job_dir / MERGED)
+            self.results[sid] = result
+            self.done += 1
+            self.echo(self.progress_line(result))
+
+    def progress_line(self, result: GradingResult) -> str:
+        elapsed = time.monotonic() - self.started
+        left = (self.total - self.done) * elapsed / self.done
+        got = f"{result.total(self.tests):g}/{self.full:g}"
+        why = f"  {result.reason}" if result.status != "graded" else ""
+        return (f"[{self.done:>{len(str(self.total))}}/{self.total}] {result.student:<{self.width}} {got:>7}  "
+                f"{result.status:<6} {result.seconds:>5.0f} s | elapsed {_clock(elapsed)}, "
+                f"~{_clock(left)} left{why}")
+
+
+def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, merger: Merger) -> None:
+    """Grade in parallel, each submission in a worker process; merge each as it finishes."""
     running: dict[str, tuple] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
         futures = {}
         for sid, f, job_dir in todo:
-            env = grading_env(course, job_dir, opts, threads)
-            futures[pool.submit(worker.run_job, job_dir, env, nb_timeout, running)] = (sid, f, job_dir)
+            env = grading_env(course, job_dir, online=opts.online, n_images=settings.n_images,
+                              threads=settings.threads)
+            futures[pool.submit(worker.run_job, job_dir, env, settings.notebook_timeout_s, running)] = \
+                (sid, f, job_dir)
         pending = set(futures)
         try:
             while pending:
@@ -243,29 +269,54 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
                     try:
                         result = fut.result()
                     except Exception as exc:  # the launcher itself failed: record, go on
-                        result = {"status": "failed", "reason": f"could not run the grader ({exc})"}
-                    with lock:
-                        finish(sid, f, job_dir, result)
+                        result = GradingResult.failure(sid, f"could not run the grader ({exc})")
+                    merger.finish(sid, f, job_dir, result)
         except BaseException:
             for fut in pending:
                 fut.cancel()
-            with lock:
+            with merger.lock:
                 for pid, marker in list(running.values()):
                     worker.kill_tree(pid, marker)
-            echo(f"Interrupted: {done} submissions were graded and saved in {main_db}. "
-                 "Run the same command again to grade the rest.")
+            merger.echo(f"Interrupted: {merger.done} submissions were graded and saved in "
+                        f"{merger.folders.main_db}. Run the same command again to grade the rest.")
             raise
 
-    # 5. Reports.
-    all_results = list(results.values())
-    report.export_grades(main, out / "grades.csv")
-    report.write_results(all_results, tests, max_tests, out / "results.csv")
-    table = report.write_summary(all_results, tests, max_tests, out / "summary.md")
-    report.plot(all_results, tests, max_tests, out / "scores.png")
+
+def report_phase(course: Course, folders: Folders, results: list[GradingResult], tests, max_tests):
+    """grades.csv, results.csv, summary.md, scores.png; returns (points, [per-test table, per-student table])."""
+    out = folders.out
+    points = {sid: {t: cell.final for t, cell in cells.items()}
+              for sid, cells in score.cell_scores(folders.main_db, course.assignment).items()}
+    report.export_grades(folders.main, out / "grades.csv")
+    report.write_results(results, points, tests, max_tests, out / "results.csv")
+    per_test = report.write_summary(results, points, tests, max_tests, out / "summary.md")
+    report.plot(results, points, tests, max_tests, out / "scores.png")
+    per_student = report.table_text(report.student_rows(results, points, tests, max_tests),
+                                    report.STUDENT_HEADER)
+    return points, [per_test, per_student]
+
+
+def grade(course: Course, opts: Options, echo=print) -> Batch:
+    started = time.monotonic()
+    folders = Folders(opts.out.resolve())
+    folders.out.mkdir(parents=True, exist_ok=True)
+    settings = Settings.resolve(course, opts)
+    found, roster = collect_phase(course, opts, folders.out, echo)
+    max_tests = gradebooks_phase(course, folders, roster)
+    tests = tests_in_order(course, max_tests)
+    kept, todo = jobs_phase(course, opts, settings, folders, found, echo)
+    echo(f"Grading {len(todo)} submissions with {settings.workers} worker(s), "
+         f"{'online' if opts.online else 'offline'}, {settings.n_images} images, limits "
+         f"{settings.cell_timeout_s} s per cell and {settings.notebook_timeout_s} s per notebook")
+    if opts.online and todo:
+        prefetch_online(course, grading_env(course, online=True, n_images=settings.n_images), echo)
+    merger = Merger(course, folders, todo, roster, tests, max_tests, echo)
+    grade_phase(course, opts, settings, todo, merger)
+    results = list({**kept, **merger.results}.values())
+    points, tables = report_phase(course, folders, results, tests, max_tests)
     seconds = time.monotonic() - started
-    echo("")
-    echo(table)
-    counts = ", ".join(f"{sum(1 for r in all_results if r['status'] == s)} {s}" for s in report.STATUSES)
-    echo(f"\n{len(all_results)} submissions ({counts}) in {_clock(seconds)}. Wrote {out / 'grades.csv'}, "
-         f"results.csv, summary.md, scores.png and feedback/ in {out}")
-    return Batch(all_results, tests, max_tests, found, seconds, len(todo))
+    counts = ", ".join(f"{sum(1 for r in results if r.status == s)} {s}" for s in STATUSES)
+    echo("\n" + tables[0] + "\n\n" + tables[1])
+    echo(f"\n{len(results)} submissions ({counts}) in {_clock(seconds)}. Wrote {folders.out / 'grades.csv'}, "
+         f"results.csv, summary.md, scores.png and feedback/ in {folders.out}")
+    return Batch(results, points, tests, max_tests, found, seconds, len(todo), tables)

@@ -9,6 +9,10 @@ from pathlib import Path
 
 GRADER_DIR = Path(__file__).resolve().parent
 ROOT = GRADER_DIR.parent
+WORK_VAR = "CRAFT_LAB_WORK"  # nbgrader's working folder; read by nbgrader_config.py
+# Thread counts of the numeric libraries a kernel uses (OpenMP, MKL, OpenBLAS, TensorFlow)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,40 @@ def tool(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def nbgrader_env(work: Path, **extra: str) -> dict[str, str]:
-    """Environment for an nbgrader run whose gradebook and folders live under `work`."""
+def lab_module(course: Course | None = None):
+    """The lab's helper module (craftlab.py, kit code, not student code), from the source folder."""
+    folder = str((course or load()).source_dir)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import craftlab
+
+    return craftlab
+
+
+def nbgrader_env(work: Path | None = None) -> dict[str, str]:
+    """This process's environment, with this venv first on PATH and nbgrader's folder at `work`."""
     env = dict(os.environ)
-    env["CRAFT_LAB_WORK"] = str(work)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
+    if work is not None:
+        env[WORK_VAR] = str(work)
+    return env
+
+
+def grading_env(course: Course, work: Path | None = None, *, online: bool = False,
+                n_images: int | None = None, threads: int | None = None) -> dict[str, str]:
+    """The environment every graded or recorded notebook runs in: the one place it is built.
+
+    Offline unless `online` (then rabbit.npz is cached in the kit's data/ folder), with
+    n_images images (default: course.toml), and `threads` threads per kernel when given.
+    """
+    craftlab = lab_module(course)
+    env = nbgrader_env(work)
+    for name in craftlab.VARIABLES:  # only what is decided here reaches the notebook
+        env.pop(name, None)
+    settings = craftlab.Settings(offline=not online, n_images=n_images or course.grading_n_images,
+                                 data_dir=ROOT / "data" if online else None)
+    env.update(settings.to_env())
+    env["PYTHONUNBUFFERED"] = "1"
+    if threads:
+        env.update({name: str(threads) for name in THREAD_VARS})
     return env

@@ -21,8 +21,11 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
 
-# What happened in the last notebook executed in this process, for the worker's report.
-LAST_RUN: dict = {"events": [], "cell_seconds": {}}
+# What the grader learns while running a cell, kept in that cell's metadata so that the
+# autograded notebook itself says it (worker.py reads it back): {"seconds": 12.3}.
+TIMING_KEY = "craft_lab_grading"
+# Error names of the outputs this module writes; a "not run" cell is one after a stop.
+KERNEL_DIED, KERNEL_HUNG, NOT_RUN = "KernelDied", "KernelUnresponsive", "NotRun"
 
 
 def cell_label(cell, index: int) -> str:
@@ -39,7 +42,6 @@ class ResilientExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._stopped: str | None = None
-        LAST_RUN["events"], LAST_RUN["cell_seconds"] = [], {}
         return super().preprocess(nb, resources, km)
 
     def _kill_kernel(self) -> None:
@@ -56,7 +58,7 @@ class ResilientExecute(Execute):
             return super().preprocess_cell(cell, resources, index)
         label = cell_label(cell, index)
         if self._stopped:
-            cell.outputs = [error_output("NotRun", f"not run: {self._stopped}")]
+            cell.outputs = [error_output(NOT_RUN, f"not run: {self._stopped}")]
             cell.execution_count = None
             return cell, resources
         started = time.monotonic()
@@ -65,17 +67,15 @@ class ResilientExecute(Execute):
         except DeadKernelError:
             self._stopped = f"the kernel died in {label}"
             cell.outputs.append(error_output(
-                "KernelDied", f"the kernel died while running this cell (os._exit, a crash, or out "
+                KERNEL_DIED, f"the kernel died while running this cell (os._exit, a crash, or out "
                               "of memory); the cells after it were not run"))
-            LAST_RUN["events"].append(("kernel_died", label))
             return cell, resources
         except CellTimeoutError:
             self._stopped = f"the kernel stopped responding in {label}"
             self._kill_kernel()
             cell.outputs.append(error_output(
-                "KernelUnresponsive", f"this cell ran past the {self.timeout} s limit and the kernel "
+                KERNEL_HUNG, f"this cell ran past the {self.timeout} s limit and the kernel "
                                       "did not respond to the interrupt; it was stopped"))
-            LAST_RUN["events"].append(("kernel_hung", label))
             return cell, resources
         finally:
-            LAST_RUN["cell_seconds"][label] = round(time.monotonic() - started, 2)
+            cell.metadata[TIMING_KEY] = {"seconds": round(time.monotonic() - started, 2)}

@@ -1,25 +1,25 @@
 """nbgrader configuration for the CRAFT lab kit.
 
 nbgrader reads this file when it runs with grader/ as its working directory (the
-Makefile and the grader package do that). Folder names map onto the kit's layout:
+grader package does that). Folder names map onto the kit's layout:
 
     source  -> solutions/    (the single source of truth, with solutions and hidden tests)
     release -> notebooks/    (generated student version, committed)
     submitted / autograded / feedback / gradebook.db -> $CRAFT_LAB_WORK (default .grading/, ignored)
 """
 import os
-import tomllib
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from grader.course import ROOT, WORK_VAR, load  # noqa: E402
 
 c = get_config()  # noqa: F821  (provided by traitlets when nbgrader loads this file)
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-with open(HERE / "course.toml", "rb") as f:
-    COURSE = tomllib.load(f)
-WORK = Path(os.environ.get("CRAFT_LAB_WORK", ROOT / ".grading")).resolve()
+COURSE = load()
+WORK = Path(os.environ.get(WORK_VAR, ROOT / ".grading")).resolve()
 
-c.CourseDirectory.course_id = COURSE["course"]["course_id"]
+c.CourseDirectory.course_id = COURSE.course_id
 c.CourseDirectory.root = str(WORK)
 c.CourseDirectory.source_directory = str(ROOT / "solutions")
 c.CourseDirectory.release_directory = str(ROOT / "notebooks")
@@ -29,5 +29,5 @@ c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = f"sqlite:///{WORK / 'gradebook.db'}"
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.npz", "*.part"]
 
-c.ExecutePreprocessor.timeout = COURSE["grading"]["cell_timeout_s"]
+c.ExecutePreprocessor.timeout = COURSE.cell_timeout_s
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

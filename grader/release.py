@@ -84,18 +84,37 @@ def stale_files(course: Course) -> list[str]:
         return stale
 
 
-# The settings under which the source notebook's stored outputs are recorded and
-# compared by nbval (tests/test_kit_regression.py): offline, a few images.
-RECORD_ENV = {"CRAFT_LAB_OFFLINE": "1", "CRAFT_LAB_N_IMAGES": "8"}
+TEXT_TYPES = ("text/plain",)  # what a recorded output keeps: nbval compares text, diffs stay readable
+
+
+def record_env(course: Course) -> dict[str, str]:
+    """The settings the source notebook's outputs are recorded and compared (nbval) under:
+    grading mode, offline, course.toml's number of images."""
+    return course_mod.grading_env(course)
+
+
+def keep_text_outputs(nb) -> int:
+    """Drop pictures and HTML from the stored outputs (a plot keeps its one-line text form);
+    return how many rich parts were dropped."""
+    dropped = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "data" in out:
+                rich = [k for k in out["data"] if k not in TEXT_TYPES]
+                dropped += len(rich)
+                for key in rich:
+                    del out["data"][key]
+                out.get("metadata", {}).clear()
+    return dropped
 
 
 def record_outputs(course: Course) -> float:
-    """Execute the source notebook in place with RECORD_ENV; return the seconds it took.
+    """Execute the source notebook in place under record_env(); return the seconds it took.
 
-    The stored outputs are the reference nbval compares against (cells tagged
-    nbval-check-output). Run it after changing the source notebook.
+    The stored outputs are text only: the reference nbval compares against (cells tagged
+    nbval-check-output) and what a reader of the source needs. Run it after changing the
+    source notebook.
     """
-    import os
     import time
 
     from nbclient import NotebookClient
@@ -104,9 +123,9 @@ def record_outputs(course: Course) -> float:
     nb = nbformat.read(path, as_version=4)
     started = time.monotonic()
     NotebookClient(nb, timeout=course.cell_timeout_s, kernel_name="python3", record_timing=False,
-                   resources={"metadata": {"path": str(path.parent)}}).execute(
-        env={**os.environ, **RECORD_ENV})
+                   resources={"metadata": {"path": str(path.parent)}}).execute(env=record_env(course))
     for cell in nb.cells:  # timings would leak into the student notebook and churn diffs
         cell.metadata.pop("execution", None)
+    keep_text_outputs(nb)
     nbformat.write(nb, path)
     return time.monotonic() - started

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import nbformat
+from nbgrader import utils as nbu
 
 MIN_FOUND = 0.5  # below this share of the provided cells found, it is not this lab's notebook
 SIMILAR = 0.6    # an unmatched cell this similar to a provided one is that cell, edited
@@ -38,17 +39,13 @@ class Repaired:
     error: str | None = None
 
 
-def _meta(cell) -> dict:
+def _gid(cell) -> str | None:
     meta = cell.get("metadata", {}).get("nbgrader", {})
-    return meta if isinstance(meta, dict) else {}
+    return meta.get("grade_id") if isinstance(meta, dict) else None
 
 
 def _norm(source: str) -> str:
     return "\n".join(line.rstrip() for line in source.strip().splitlines())
-
-
-def _is_locked(meta: dict) -> bool:
-    return bool(meta.get("locked")) and not meta.get("solution")
 
 
 def _names(ids) -> str:
@@ -95,109 +92,110 @@ def _longest_increasing(pairs: list[tuple[int, int]]) -> set[tuple[int, int]]:
     return set(max(best, key=len, default=[]))
 
 
-def repair(raw: bytes, release: nbformat.NotebookNode, notebook_name: str = "the lab's notebook") -> Repaired:
-    nb, error = parse(raw)
-    if nb is None:
-        return Repaired(None, error=error)
+class _Matcher:
+    """Pairs the release's tracked cells (index i) with the submission's cells (index j)."""
 
-    tracked = [i for i, c in enumerate(release.cells) if _meta(c).get("grade_id")]
-    rel_gid = {i: _meta(release.cells[i])["grade_id"] for i in tracked}
-    known = set(rel_gid.values())
-    locked = [i for i in tracked if _is_locked(_meta(release.cells[i]))]
-    out = Repaired(nb)
-    cells = nb.cells
+    def __init__(self, release, nb):
+        self.rel, self.cells = release.cells, nb.cells
+        self.tracked = [i for i, c in enumerate(self.rel) if _gid(c)]
+        self.gid = {i: _gid(self.rel[i]) for i in self.tracked}
+        self.locked = [i for i in self.tracked if nbu.is_locked(self.rel[i])]
+        self.match: dict[int, int] = {}
+        self.how: dict[int, str] = {}
+        self.duplicates: list[int] = []
 
-    # 1. By nbgrader grade_id; a second cell with the same id is a copy.
-    first: dict[str, int] = {}
-    duplicates = []
-    for j, cell in enumerate(cells):
-        gid = _meta(cell).get("grade_id")
-        if gid in known:
-            if gid in first:
-                duplicates.append(j)
-            else:
-                first[gid] = j
-    match: dict[int, int] = {}
-    how: dict[int, str] = {}
-    for i in tracked:
-        if rel_gid[i] in first:
-            match[i], how[i] = first[rel_gid[i]], "metadata"
-    taken = lambda: set(match.values()) | set(duplicates)  # noqa: E731
-    free = lambda j: j not in taken() and not _meta(cells[j]).get("grade_id")  # noqa: E731
+    def pair(self, i: int, j: int, how: str) -> None:
+        self.match[i], self.how[i] = j, how
 
-    # 2. By cell id.
-    by_id = {c.get("id"): j for j, c in enumerate(cells) if c.get("id")}
-    for i in tracked:
-        j = by_id.get(release.cells[i].get("id"))
-        if i not in match and j is not None and free(j) and cells[j].cell_type == release.cells[i].cell_type:
-            match[i], how[i] = j, "id"
+    def free(self, j: int) -> bool:
+        return j not in self.match.values() and j not in self.duplicates and not _gid(self.cells[j])
 
-    # 3. Provided cells by identical source (when the source is unique on both sides).
-    rel_src: dict[str, list[int]] = {}
-    for i in locked:
-        if _norm(release.cells[i].source):
-            rel_src.setdefault(_norm(release.cells[i].source), []).append(i)
-    sub_src: dict[str, list[int]] = {}
-    for j, cell in enumerate(cells):
-        if free(j):
-            sub_src.setdefault(_norm(cell.source), []).append(j)
-    for src, rel_is in rel_src.items():
-        if len(rel_is) == 1 and len(sub_src.get(src, [])) == 1 and rel_is[0] not in match:
-            match[rel_is[0]], how[rel_is[0]] = sub_src[src][0], "source"
+    def by_grade_id(self) -> None:
+        """1. By nbgrader grade_id; a second cell with the same id is a copy."""
+        first: dict[str, int] = {}
+        known = set(self.gid.values())
+        for j, cell in enumerate(self.cells):
+            if _gid(cell) in known:
+                (self.duplicates.append(j) if _gid(cell) in first else first.setdefault(_gid(cell), j))
+        for i in self.tracked:
+            if self.gid[i] in first:
+                self.pair(i, first[self.gid[i]], "metadata")
 
-    # Keep only matches in the release's order; the others are cells moved around.
-    keep = _longest_increasing(list(match.items()))
-    moved = [rel_gid[i] for i, j in match.items() if (i, j) not in keep]
-    for i in list(match):
-        if (i, match[i]) not in keep:
-            del match[i], how[i]
-    if moved:
-        out.review.append(f"cells out of the notebook's order: {_names(moved)} (graded where they "
-                          "stand in the release order; check the answers were not moved)")
+    def by_cell_id(self) -> None:
+        """2. By cell id (nbformat >= 4.5)."""
+        by_id = {c.get("id"): j for j, c in enumerate(self.cells) if c.get("id")}
+        for i in self.tracked:
+            j = by_id.get(self.rel[i].get("id"))
+            if i not in self.match and j is not None and self.free(j) \
+                    and self.cells[j].cell_type == self.rel[i].cell_type:
+                self.pair(i, j, "id")
 
-    # 4. Unmatched cells between two matched ones: an edited provided cell, or the answer cell.
-    def gaps():
-        anchors = sorted(match.items()) + [(len(release.cells), len(cells))]
-        prev = (-1, -1)
-        for anchor in anchors:
-            yield prev, anchor
-            prev = anchor
+    def by_source(self) -> None:
+        """3. Provided cells by identical source, when the source is unique on both sides."""
+        rel_src: dict[str, list[int]] = {}
+        for i in self.locked:
+            if _norm(self.rel[i].source):
+                rel_src.setdefault(_norm(self.rel[i].source), []).append(i)
+        sub_src: dict[str, list[int]] = {}
+        for j, cell in enumerate(self.cells):
+            if self.free(j):
+                sub_src.setdefault(_norm(cell.source), []).append(j)
+        for src, rel_is in rel_src.items():
+            if len(rel_is) == 1 and len(sub_src.get(src, [])) == 1 and rel_is[0] not in self.match:
+                self.pair(rel_is[0], sub_src[src][0], "source")
 
-    for (ra, sa), (rb, sb) in list(gaps()):
-        pointer = sa
-        for i in [i for i in locked if ra < i < rb and i not in match]:
-            ratios = [(difflib.SequenceMatcher(None, release.cells[i].source, cells[j].source).ratio(), j)
-                      for j in range(pointer + 1, sb)
-                      if free(j) and cells[j].cell_type == release.cells[i].cell_type]
-            ratio, j = max(ratios, default=(0.0, None))
-            if j is not None and ratio >= SIMILAR:
-                match[i], how[i], pointer = j, "similar", j
-    for (ra, sa), (rb, sb) in list(gaps()):
-        pointer = sa
-        for i in [i for i in tracked if ra < i < rb and i not in match]:
-            if _is_locked(_meta(release.cells[i])):
-                continue
-            j = next((j for j in range(pointer + 1, sb)
-                      if free(j) and cells[j].cell_type == release.cells[i].cell_type), None)
-            if j is not None:
-                match[i], how[i], pointer = j, "position", j
+    def drop_out_of_order(self) -> list[str]:
+        """Keep only matches in the release's order; return the grade ids of cells moved around."""
+        keep = _longest_increasing(list(self.match.items()))
+        moved = [self.gid[i] for i, j in self.match.items() if (i, j) not in keep]
+        for i in [i for i, j in self.match.items() if (i, j) not in keep]:
+            del self.match[i], self.how[i]
+        return moved
 
-    found = sum(1 for i in locked if i in match)
-    if locked and found < MIN_FOUND * len(locked):
-        return Repaired(None, error=(f"does not look like {notebook_name}: only {found} of the "
-                                     f"{len(locked)} provided cells were found"))
+    def gaps(self):
+        """(previous match, next match) around each stretch of unmatched cells."""
+        anchors = sorted(self.match.items()) + [(len(self.rel), len(self.cells))]
+        return list(zip([(-1, -1)] + anchors[:-1], anchors))
 
-    # 5. Metadata back on matched cells; edited provided cells are reported (nbgrader restores them).
+    def by_similarity(self) -> None:
+        """4a. An unmatched provided cell between two matches: the most similar cell there, edited."""
+        for (ra, sa), (rb, sb) in self.gaps():
+            pointer = sa
+            for i in [i for i in self.locked if ra < i < rb and i not in self.match]:
+                ratios = [(difflib.SequenceMatcher(None, self.rel[i].source, self.cells[j].source).ratio(), j)
+                          for j in range(pointer + 1, sb)
+                          if self.free(j) and self.cells[j].cell_type == self.rel[i].cell_type]
+                ratio, j = max(ratios, default=(0.0, None))
+                if j is not None and ratio >= SIMILAR:
+                    self.pair(i, j, "similar")
+                    pointer = j
+
+    def by_position(self) -> None:
+        """4b. An unmatched answer cell between two matches: the next free cell of its type."""
+        for (ra, sa), (rb, sb) in self.gaps():
+            pointer = sa
+            for i in [i for i in self.tracked if ra < i < rb and i not in self.match]:
+                if nbu.is_locked(self.rel[i]):
+                    continue
+                j = next((j for j in range(pointer + 1, sb)
+                          if self.free(j) and self.cells[j].cell_type == self.rel[i].cell_type), None)
+                if j is not None:
+                    self.pair(i, j, "position")
+                    pointer = j
+
+
+def _restore_metadata(m: _Matcher, out: Repaired) -> bool:
+    """5. Metadata back on matched cells; edited provided cells reported (nbgrader restores them).
+    Returns whether any metadata had to be rebuilt."""
     restored = {"id": [], "source": [], "similar": [], "position": []}
     edited = []
-    for i, j in sorted(match.items()):
-        rel_cell, cell = release.cells[i], cells[j]
-        if how[i] != "metadata":
+    for i, j in sorted(m.match.items()):
+        rel_cell, cell = m.rel[i], m.cells[j]
+        if m.how[i] != "metadata":
             cell.metadata["nbgrader"] = copy.deepcopy(rel_cell.metadata["nbgrader"])
-            restored[how[i]].append(rel_gid[i])
-        if _is_locked(_meta(rel_cell)) and rel_cell.cell_type == "code" \
-                and _norm(cell.source) != _norm(rel_cell.source):
-            edited.append(rel_gid[i])
+            restored[m.how[i]].append(m.gid[i])
+        if nbu.is_locked(rel_cell) and rel_cell.cell_type == "code" and _norm(cell.source) != _norm(rel_cell.source):
+            edited.append(m.gid[i])
     if any(restored.values()):
         parts = [f"{len(v)} by {k.replace('similar', 'similar source').replace('id', 'cell id')}"
                  for k, v in restored.items() if v]
@@ -205,44 +203,67 @@ def repair(raw: bytes, release: nbformat.NotebookNode, notebook_name: str = "the
                          f"(an editor removed it?); restored: {', '.join(parts)}")
     if edited:
         out.notes.append(f"provided cells edited, nbgrader puts the originals back: {_names(edited)}")
-
     # Metadata that belongs to no release cell, or to a copy of one, would confuse nbgrader.
     stray = []
-    for j, cell in enumerate(cells):
-        gid = _meta(cell).get("grade_id")
-        if j not in match.values() and "nbgrader" in cell.metadata:
+    for j, cell in enumerate(m.cells):
+        if j not in m.match.values() and "nbgrader" in cell.metadata:
+            stray += [_gid(cell)] if _gid(cell) else []
             del cell.metadata["nbgrader"]
-            if gid:
-                stray.append(gid)
     if stray:
         out.notes.append(f"nbgrader metadata removed from extra cells (copies or unknown): {_names(stray)}")
+    return any(restored.values())
 
-    # 6. Deleted cells go back where they were, after the previous release cell found.
-    missing = [i for i in tracked if i not in match]
-    position = {i: j for i, j in match.items()}
-    inserted: list[tuple[int, int]] = []  # (index in cells before insertion, release index)
+
+def _put_back_missing(m: _Matcher, out: Repaired, rebuilt: bool) -> None:
+    """6. Deleted cells go back where they were, after the previous release cell found.
+
+    nbgrader's own OverwriteCells.add_missing_cells does this for grade cells only, and
+    fails when the cell before a deleted one is a provided cell; this covers every tracked cell.
+    """
+    missing = [i for i in m.tracked if i not in m.match]
+    inserted = []  # (index in cells before insertion, release index)
     for i in missing:
-        before = [position[k] for k in position if k < i]
+        before = [m.match[k] for k in m.match if k < i]
         inserted.append((max(before) + 1 if before else 0, i))
-    for at, i in sorted(inserted, key=lambda x: (x[0], x[1]), reverse=True):
-        # reversed: inserting from the end keeps the earlier positions valid, and cells
-        # put back at the same spot end up in release order
-        cell = copy.deepcopy(release.cells[i])
+    for at, i in sorted(inserted, reverse=True):
+        # from the end: earlier positions stay valid, and cells put back at one spot keep release order
+        cell = copy.deepcopy(m.rel[i])
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-        cells.insert(at, cell)
-    answers = [rel_gid[i] for i in missing if _meta(release.cells[i]).get("solution")]
-    tests = [rel_gid[i] for i in missing if _meta(release.cells[i]).get("grade") and rel_gid[i] not in answers]
-    provided = [rel_gid[i] for i in missing if rel_gid[i] not in answers and rel_gid[i] not in tests]
+        m.cells.insert(at, cell)
+    answers = [m.gid[i] for i in missing if nbu.is_solution(m.rel[i])]
+    tests = [m.gid[i] for i in missing if nbu.is_grade(m.rel[i]) and m.gid[i] not in answers]
+    provided = [m.gid[i] for i in missing if m.gid[i] not in answers and m.gid[i] not in tests]
     if tests:
         out.review.append(f"test cells missing from the submission (deleted?): {_names(tests)}; "
                           "put back from the release and graded")
     if answers:
         msg = f"answer cells not found: {_names(answers)} (graded as not answered)"
-        (out.review if any(restored.values()) else out.notes).append(msg)
+        (out.review if rebuilt else out.notes).append(msg)
     if provided:
         out.notes.append(f"provided cells missing, put back: {_names(provided)}")
 
+
+def repair(raw: bytes, release: nbformat.NotebookNode, notebook_name: str = "the lab's notebook") -> Repaired:
+    nb, error = parse(raw)
+    if nb is None:
+        return Repaired(None, error=error)
+    m, out = _Matcher(release, nb), Repaired(nb)
+    m.by_grade_id()
+    m.by_cell_id()
+    m.by_source()
+    moved = m.drop_out_of_order()
+    if moved:
+        out.review.append(f"cells out of the notebook's order: {_names(moved)} (graded where they "
+                          "stand in the release order; check the answers were not moved)")
+    m.by_similarity()
+    m.by_position()
+    found = sum(1 for i in m.locked if i in m.match)
+    if m.locked and found < MIN_FOUND * len(m.locked):
+        return Repaired(None, error=(f"does not look like {notebook_name}: only {found} of the "
+                                     f"{len(m.locked)} provided cells were found"))
+    rebuilt = _restore_metadata(m, out)
+    _put_back_missing(m, out, rebuilt)
     _ensure_cell_ids(nb)
     return out
 

@@ -2,6 +2,8 @@
 
 - grades.csv: `nbgrader export` of the main gradebook (nbgrader's format, for the LMS);
 - results.csv: one row per submission: status, points per test, reason, notes, time;
+  the points are read from the same gradebook (a TA's manual score overrides the
+  automatic one), so results.csv and grades.csv always agree;
 - summary.md: the per-test table (mean points, full marks, zeros) and the status counts;
 - scores.png: a heatmap of points per test across students, and a histogram of totals;
 - feedback/<student>/<notebook>.html: nbgrader generate_feedback's page, or for a
@@ -17,8 +19,10 @@ from pathlib import Path
 
 from . import course as course_mod
 from .course import GRADER_DIR
+from .results import STATUSES, GradingResult
 
-STATUSES = ("graded", "review", "failed")
+# student -> grade_id -> points that count (score.CellScore.final)
+Points = dict[str, dict[str, float]]
 
 
 def export_grades(main_work: Path, dest: Path) -> None:
@@ -32,43 +36,58 @@ def export_grades(main_work: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def points(result: dict, test: str) -> float:
-    value = (result.get("tests") or {}).get(test)
-    return float(value) if value is not None else 0.0
+def points(scores: Points, student: str, test: str) -> float:
+    return float(scores.get(student, {}).get(test) or 0.0)
 
 
-def total(result: dict, tests: list[str]) -> float:
-    return sum(points(result, t) for t in tests)
+def total(scores: Points, student: str, tests: list[str]) -> float:
+    return sum(points(scores, student, t) for t in tests)
 
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def write_results(results: list[dict], tests: list[str], max_tests: dict[str, float], dest: Path) -> None:
+def write_results(results: list[GradingResult], scores: Points, tests: list[str],
+                  max_tests: dict[str, float], dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["student_id", "status", "score", "max_score", *tests, "reason", "notes", "file", "seconds"])
-        for r in sorted(results, key=lambda r: r["student"]):
-            w.writerow([r["student"], r["status"], _fmt(total(r, tests)), _fmt(sum(max_tests.values())),
-                        *[_fmt(points(r, t)) for t in tests], r.get("reason", ""),
-                        " | ".join(r.get("notes", [])), r.get("file", ""), r.get("seconds", "")])
+        for r in sorted(results, key=lambda r: r.student):
+            w.writerow([r.student, r.status, _fmt(total(scores, r.student, tests)), _fmt(sum(max_tests.values())),
+                        *[_fmt(points(scores, r.student, t)) for t in tests], r.reason,
+                        " | ".join(r.notes), r.file, r.seconds])
     tmp.replace(dest)
 
 
-def summary_rows(results: list[dict], tests: list[str], max_tests: dict[str, float]) -> list[list[str]]:
+def summary_rows(results: list[GradingResult], scores: Points, tests: list[str],
+                 max_tests: dict[str, float]) -> list[list[str]]:
     rows = []
-    graded = [r for r in results if r["status"] != "failed"]
+    graded = [r for r in results if r.status != "failed"]
+
+    def got(rs, t):
+        return [total(scores, r.student, tests) if t == "TOTAL" else points(scores, r.student, t) for r in rs]
+
     for t in tests + ["TOTAL"]:
         full = sum(max_tests.values()) if t == "TOTAL" else max_tests[t]
-        got = [total(r, tests) if t == "TOTAL" else points(r, t) for r in results]
-        got_graded = [total(r, tests) if t == "TOTAL" else points(r, t) for r in graded]
+        got_all, got_graded = got(results, t), got(graded, t)
         rows.append([t, _fmt(full),
-                     f"{statistics.mean(got):.2f}" if got else "-",
+                     f"{statistics.mean(got_all):.2f}" if got_all else "-",
                      f"{statistics.mean(got_graded):.2f}" if got_graded else "-",
-                     str(sum(1 for g in got if g >= full)), str(sum(1 for g in got if g == 0))])
+                     str(sum(1 for g in got_all if g >= full)), str(sum(1 for g in got_all if g == 0))])
     return rows
+
+
+STUDENT_HEADER = ["student", "status", "score", "reason"]
+
+
+def student_rows(results: list[GradingResult], scores: Points, tests: list[str],
+                 max_tests: dict[str, float]) -> list[list[str]]:
+    """One row per submission: the table a TA reads first."""
+    full = _fmt(sum(max_tests.values()))
+    return [[r.student, r.status, f"{_fmt(total(scores, r.student, tests))}/{full}", r.reason[:100]]
+            for r in sorted(results, key=lambda r: r.student)]
 
 
 SUMMARY_HEADER = ["test", "points", "mean (all)", "mean (graded)", "full marks", "zero"]
@@ -80,18 +99,18 @@ def table_text(rows: list[list[str]], header: list[str] = SUMMARY_HEADER) -> str
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def write_summary(results: list[dict], tests: list[str], max_tests: dict[str, float], dest: Path,
-                  extra: list[str] = ()) -> str:
-    rows = summary_rows(results, tests, max_tests)
-    counts = {s: sum(1 for r in results if r["status"] == s) for s in STATUSES}
+def write_summary(results: list[GradingResult], scores: Points, tests: list[str], max_tests: dict[str, float],
+                  dest: Path, extra: list[str] = ()) -> str:
+    rows = summary_rows(results, scores, tests, max_tests)
+    counts = {s: sum(1 for r in results if r.status == s) for s in STATUSES}
     md = [f"# Grading summary: {len(results)} submissions", "",
           ", ".join(f"{n} {s}" for s, n in counts.items()), "",
           "| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
-    problems = [r for r in sorted(results, key=lambda r: r["student"]) if r["status"] != "graded"]
+    problems = [r for r in sorted(results, key=lambda r: r.student) if r.status != "graded"]
     if problems:
         md += ["", "## Needs a look", "", "| student | status | score | reason |", "|---|---|---|---|"]
-        md += [f"| {r['student']} | {r['status']} | {_fmt(total(r, tests))} | {r.get('reason', '')} |"
+        md += [f"| {r.student} | {r.status} | {_fmt(total(scores, r.student, tests))} | {r.reason} |"
                for r in problems]
     md += [*extra, ""]
     tmp = dest.with_name(dest.name + ".tmp")
@@ -100,7 +119,8 @@ def write_summary(results: list[dict], tests: list[str], max_tests: dict[str, fl
     return table_text(rows)
 
 
-def plot(results: list[dict], tests: list[str], max_tests: dict[str, float], dest: Path) -> None:
+def plot(results: list[GradingResult], scores: Points, tests: list[str], max_tests: dict[str, float],
+         dest: Path) -> None:
     """Heatmap (students x tests, share of the points earned) and a histogram of the totals."""
     import matplotlib
     matplotlib.use("Agg")
@@ -108,11 +128,11 @@ def plot(results: list[dict], tests: list[str], max_tests: dict[str, float], des
     import numpy as np
     from matplotlib.colors import ListedColormap
 
-    rows = sorted(results, key=lambda r: (-total(r, tests), r["student"]))
+    rows = sorted(results, key=lambda r: (-total(scores, r.student, tests), r.student))
     n = max(len(rows), 1)
-    grid = np.array([[points(r, t) / max_tests[t] if max_tests[t] else 0 for t in tests] for r in rows]
-                    or [[0.0] * len(tests)])
-    failed = np.array([r["status"] == "failed" for r in rows] or [False])
+    grid = np.array([[points(scores, r.student, t) / max_tests[t] if max_tests[t] else 0 for t in tests]
+                     for r in rows] or [[0.0] * len(tests)])
+    failed = np.array([r.status == "failed" for r in rows] or [False])
     height = min(3.5 + 0.25 * n, 40)
     fig, (ax, hx) = plt.subplots(1, 2, figsize=(max(8, 0.55 * len(tests) + 6), height),
                                  gridspec_kw={"width_ratios": [max(len(tests), 4), 4]})
@@ -123,15 +143,15 @@ def plot(results: list[dict], tests: list[str], max_tests: dict[str, float], des
     image = ax.imshow(masked, cmap=cmap, vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(tests)), [f"{t} ({_fmt(max_tests[t])})" for t in tests], rotation=60, ha="right")
     if n <= 80:
-        ax.set_yticks(range(len(rows)), [f"{r['student']}{' (failed)' if r['status'] == 'failed' else ''}"
-                                         f"{' *' if r['status'] == 'review' else ''}" for r in rows],
+        ax.set_yticks(range(len(rows)), [f"{r.student}{' (failed)' if r.status == 'failed' else ''}"
+                                         f"{' *' if r.status == 'review' else ''}" for r in rows],
                       fontsize=8 if n > 30 else 10)
     else:
         ax.set_yticks([])
         ax.set_ylabel(f"{n} students, best first")
     ax.set_title("Share of each test's points (grey: not gradable, *: needs review)")
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
-    totals = [total(r, tests) for r in rows]
+    totals = [total(scores, r.student, tests) for r in rows]
     full = sum(max_tests.values())
     hx.hist(totals, bins=np.arange(-0.5, full + 1.5, 1.0), color="#4477aa", edgecolor="white")
     hx.set_xlabel(f"total points (of {_fmt(full)})")

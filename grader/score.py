@@ -13,14 +13,45 @@ credit, manual comments, flags).
 from __future__ import annotations
 
 import shutil
+import subprocess
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import course as course_mod
 from .collect import Student
+from .course import GRADER_DIR, Course
+
+
+@dataclass(frozen=True)
+class CellScore:
+    """One graded cell of one student, as the gradebook holds it."""
+    auto: float | None      # what the autograder gave (None: it could not score the cell)
+    manual: float | None    # what a TA entered in formgrader, which overrides auto
+    extra_credit: float = 0.0
+
+    @property
+    def final(self) -> float:
+        """What counts: the manual score when a TA gave one, else the automatic one, plus extra credit."""
+        base = self.manual if self.manual is not None else self.auto
+        return float(base or 0.0) + float(self.extra_credit or 0.0)
 
 
 def db_url(path: Path) -> str:
     return f"sqlite:///{path}"
+
+
+def prepare_gradebook(course: Course, work: Path) -> Path:
+    """An empty gradebook in work/ holding the assignment and its graded cells (from the source
+    notebook, hidden tests included), and the student version generated with it in work/release/.
+    Returns the gradebook's path."""
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = [course_mod.tool("nbgrader"), "generate_assignment", course.assignment, "--force",
+           "--log-level=WARN", f"--CourseDirectory.release_directory={work / 'release'}"]
+    proc = subprocess.run(cmd, cwd=GRADER_DIR, env=course_mod.nbgrader_env(work), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"could not prepare the gradebook in {work}:\n{proc.stderr}")
+    return work / "gradebook.db"
 
 
 def copy_gradebook(template: Path, dest: Path) -> None:
@@ -42,13 +73,19 @@ def max_scores(gradebook: Path, assignment: str) -> dict[str, float]:
         return out
 
 
-def cell_scores(gradebook: Path, assignment: str, student: str) -> dict[str, float | None]:
+def auto_scores(gradebook: Path, assignment: str, student: str) -> dict[str, float | None]:
     """Automatic score of each graded cell for one student (None: nbgrader could not score it)."""
+    return {name: cell.auto for name, cell in cell_scores(gradebook, assignment)[student].items()}
+
+
+def cell_scores(gradebook: Path, assignment: str) -> dict[str, dict[str, CellScore]]:
+    """Every submission's graded cells: student -> grade_id -> CellScore (auto and manual apart)."""
     from nbgrader.api import Gradebook
 
     with Gradebook(db_url(gradebook)) as gb:
-        sub = gb.find_submission(assignment, student)
-        return {g.name: g.auto_score for nb in sub.notebooks for g in nb.grades}
+        return {sub.student.id: {g.name: CellScore(g.auto_score, g.manual_score, g.extra_credit or 0.0)
+                                 for nb in sub.notebooks for g in nb.grades}
+                for sub in gb.find_assignment(assignment).submissions}
 
 
 def add_students(gradebook: Path, students: list[Student]) -> None:

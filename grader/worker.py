@@ -21,22 +21,21 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from nbgrader import utils as nbu
 
 from . import course as course_mod
 from . import repair as repair_mod
 from .course import GRADER_DIR, ROOT
+from .execute import KERNEL_DIED, KERNEL_HUNG, NOT_RUN, TIMING_KEY, cell_label
+from .results import GradingResult, write_json
 
 RESULT = "result.json"
 JOB = "job.json"
 LOG = "worker.log"
 MARKER = "CRAFT_LAB_JOB"
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -78,7 +77,7 @@ def kill_tree(pid: int, marker: str | None = None) -> int:
 
 
 def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict | None = None,
-            argv: list[str] | None = None) -> dict:
+            argv: list[str] | None = None) -> GradingResult:
     """Grade the submission described in job_dir/job.json in a child process; return its result.
 
     registry, when given, holds {job folder name: (pid, marker)} while the worker runs, so
@@ -89,39 +88,44 @@ def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict
     env = dict(env, **{MARKER: marker, "PYTHONUNBUFFERED": "1"})
     started = time.monotonic()
     with open(job_dir / LOG, "ab") as log:
-        argv = argv or [sys.executable, "-m", "grader.worker", str(job_dir)]
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv or [sys.executable, "-m", "grader.worker", str(job_dir)], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         if registry is not None:
             registry[job_dir.name] = (proc.pid, marker)
-        reason = None
         try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            reason = (f"killed after {timeout_s:.0f} s: the notebook ran past the per-notebook time "
-                      "limit (an endless loop the interrupt could not stop, or far too slow)")
-        except BaseException:  # Ctrl-C in the parent: take the worker down with us
-            kill_tree(proc.pid, marker)
-            raise
+            timed_out = _wait(proc, timeout_s, marker)
         finally:
             leftovers = kill_tree(proc.pid, marker)
             if registry is not None:
                 registry.pop(job_dir.name, None)
-    seconds = time.monotonic() - started
-    result_path = job_dir / RESULT
-    if reason is None and result_path.exists():
-        result = json.loads(result_path.read_text())
-        if leftovers > 1:
-            result.setdefault("notes", []).append(
-                f"{leftovers - 1} process(es) left running by the submission were killed")
-        result["seconds"] = round(seconds, 1)
-        return result
-    if reason is None:
+    seconds = round(time.monotonic() - started, 1)
+    if timed_out:
+        return GradingResult.failure(job_dir.name, seconds=seconds, reason=(
+            f"killed after {timeout_s:.0f} s: the notebook ran past the per-notebook time limit "
+            "(an endless loop the interrupt could not stop, or far too slow)"))
+    if not (job_dir / RESULT).exists():
         code = proc.returncode
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        reason = f"the grading process ended without a result ({how}); see {job_dir / LOG}"
-    return {"status": "failed", "reason": reason, "seconds": round(seconds, 1)}
+        return GradingResult.failure(job_dir.name, seconds=seconds, reason=(
+            f"the grading process ended without a result ({how}); see {job_dir / LOG}"))
+    result = GradingResult.read(job_dir / RESULT)
+    if leftovers > 1:
+        result.notes.append(f"{leftovers - 1} process(es) left running by the submission were killed")
+    result.seconds = seconds
+    return result
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, marker: str) -> bool:
+    """Wait for the worker; True if it ran past timeout_s. Ctrl-C takes the worker down with us."""
+    try:
+        proc.wait(timeout=timeout_s)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+    except BaseException:
+        kill_tree(proc.pid, marker)
+        raise
 
 
 # ----------------------------------------------------------------------------- child side
@@ -165,100 +169,129 @@ def _run_app(app_class, cfg, assignment: str, student: str, log: logging.Logger)
     return None
 
 
-def _cell_problems(nb, cell_timeout_s: int) -> tuple[list[str], list[str]]:
-    """(notes, review) from the outputs of the autograded notebook."""
-    from .execute import cell_label
+@dataclass
+class Job:
+    """What the parent asks the worker to grade (job.json in the job folder)."""
+    student: str
+    source: str             # the submitted file, as collected
+    release: str            # the student version the submission is checked against
+    cell_timeout_s: int
+    file: str = ""
+    sha256: str = ""
 
-    unanswered, errors, timeouts = [], [], []
+    def write(self, job_dir: Path) -> None:
+        write_json(job_dir / JOB, asdict(self))
+
+    @classmethod
+    def read(cls, job_dir: Path) -> "Job":
+        return cls(**json.loads((job_dir / JOB).read_text()))
+
+
+def _cell_problems(nb, cell_timeout_s: int) -> tuple[list[str], list[str]]:
+    """(notes, review) from the outputs of the autograded notebook, kernel deaths included."""
+    unanswered, errors, timeouts, stops = [], [], [], []
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        meta = cell.metadata.get("nbgrader", {})
         label = cell_label(cell, index)
-        errs = [out for out in cell.get("outputs", []) if out.get("output_type") == "error"]
-        names = [out.get("ename", "") for out in errs]
+        names = [out.get("ename", "") for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+        evalues = [out.get("evalue", "") for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+        if KERNEL_DIED in names:
+            stops.append(f"the kernel died in {label}: the cells after it were not run")
+        elif KERNEL_HUNG in names:
+            stops.append(f"the kernel stopped responding in {label} and was stopped; "
+                         "the cells after it were not run")
         if "CellTimeoutError" in names:
             timeouts.append(label)
-        elif not errs or meta.get("grade") or (meta.get("locked") and not meta.get("solution")):
+        elif not names or names[0] in (NOT_RUN, KERNEL_DIED, KERNEL_HUNG) \
+                or nbu.is_grade(cell) or nbu.is_locked(cell):
             continue  # a failing test or a provided cell: the scores say it
-        elif names[0] == "NotImplementedError" and meta.get("solution"):
+        elif names[0] == "NotImplementedError" and nbu.is_solution(cell):
             unanswered.append(label)
-        elif names[0] not in ("NotRun", "KernelDied", "KernelUnresponsive"):
-            value = " ".join(str(errs[0].get("evalue", "")).split())[:100]
+        else:
+            value = " ".join(str(evalues[0]).split())[:100]
             errors.append(f"{label} ({names[0]}: {value})" if value else f"{label} ({names[0]})")
-    notes, review = [], []
-    if unanswered:
-        notes.append(f"not answered: {', '.join(unanswered)}")
-    if errors:
-        notes.append(f"errors in: {'; '.join(errors)}")
-    if timeouts:
-        review.append(f"ran past the {cell_timeout_s} s cell limit and was interrupted: "
-                      f"{', '.join(timeouts)}")
-    return notes, review
+    notes = [f"not answered: {', '.join(unanswered)}"] if unanswered else []
+    notes += [f"errors in: {'; '.join(errors)}"] if errors else []
+    review = [f"ran past the {cell_timeout_s} s cell limit and was interrupted: {', '.join(timeouts)}"] \
+        if timeouts else []
+    return notes, review + stops
 
 
-def grade_here(job_dir: Path) -> dict:
+def cell_seconds(nb) -> dict[str, float]:
+    """Seconds each executed cell took, as ResilientExecute recorded them in the notebook."""
+    return {cell_label(cell, i): cell.metadata[TIMING_KEY]["seconds"]
+            for i, cell in enumerate(nb.cells) if TIMING_KEY in cell.get("metadata", {})}
+
+
+def _submit(job: Job, job_dir: Path, result: GradingResult) -> bool:
+    """Check and repair the file as JSON; place it where nbgrader expects it. False: not gradable."""
     import nbformat
 
-    from . import score
-    from .execute import LAST_RUN
-
-    job = json.loads((job_dir / JOB).read_text())
     course = course_mod.load()
-    student, assignment, name = job["student"], course.assignment, course.notebook
-    result = {"student": student, "file": job.get("file"), "sha256": job.get("sha256"),
-              "status": "failed", "reason": "", "notes": [], "review": []}
-
-    release = nbformat.read(job["release"], as_version=4)
-    repaired = repair_mod.repair(Path(job["source"]).read_bytes(), release, f"{name}.ipynb")
+    name = f"{course.notebook}.ipynb"
+    release = nbformat.read(job.release, as_version=4)
+    repaired = repair_mod.repair(Path(job.source).read_bytes(), release, name)
     if repaired.error:
-        result["reason"] = repaired.error
-        return result
-    if Path(job["source"]).name != f"{name}.ipynb":
-        result["notes"].append(f"submitted as '{Path(job['source']).name}', graded as {name}.ipynb")
-    result["notes"] += repaired.notes
-    result["review"] += repaired.review
-    dest = job_dir / "submitted" / student / assignment / f"{name}.ipynb"
+        result.reason = repaired.error
+        return False
+    if Path(job.source).name != name:
+        result.notes.append(f"submitted as '{Path(job.source).name}', graded as {name}")
+    result.notes += repaired.notes
+    result.review += repaired.review
+    dest = job_dir / "submitted" / job.student / course.assignment / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(repaired.nb, dest)
+    return True
 
+
+def _logger(student: str) -> logging.Logger:
     log = logging.getLogger(f"grader.worker.{student}")
     log.setLevel(logging.INFO)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
     log.addHandler(handler)
+    return log
 
+
+def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
+    """nbgrader autograde (kernel events land in the notebook) and generate_feedback."""
+    import nbformat
     from nbgrader.converters import Autograde, GenerateFeedback
 
-    cfg = nbgrader_config(job["cell_timeout_s"])
-    error = _run_app(Autograde, cfg, assignment, student, log)
-    autograded = job_dir / "autograded" / student / assignment / f"{name}.ipynb"
+    course = course_mod.load()
+    log, cfg = _logger(job.student), nbgrader_config(job.cell_timeout_s)
+    error = _run_app(Autograde, cfg, course.assignment, job.student, log)
+    autograded = job_dir / "autograded" / job.student / course.assignment / f"{course.notebook}.ipynb"
     if error or not autograded.exists():
-        result["reason"] = f"nbgrader autograde failed ({error or 'no autograded notebook'}); see worker.log"
-        return result
-
-    notes, review = _cell_problems(nbformat.read(autograded, as_version=4), job["cell_timeout_s"])
-    for event, label in LAST_RUN["events"]:
-        review.append(f"the kernel died in {label}: the cells after it were not run" if event == "kernel_died"
-                      else f"the kernel stopped responding in {label} and was stopped; "
-                           "the cells after it were not run")
-    result["notes"] += notes
-    result["review"] += review
-    result["cell_seconds"] = LAST_RUN["cell_seconds"]
-
-    feedback_error = _run_app(GenerateFeedback, cfg, assignment, student, log)
+        result.reason = f"nbgrader autograde failed ({error or 'no autograded notebook'}); see worker.log"
+        return False
+    nb = nbformat.read(autograded, as_version=4)
+    notes, review = _cell_problems(nb, job.cell_timeout_s)
+    result.notes += notes
+    result.review += review
+    result.cell_seconds = cell_seconds(nb)
+    feedback_error = _run_app(GenerateFeedback, cfg, course.assignment, job.student, log)
     if feedback_error:
-        result["notes"].append(f"no feedback file: nbgrader generate_feedback failed ({feedback_error})")
+        result.notes.append(f"no feedback file: nbgrader generate_feedback failed ({feedback_error})")
+    return True
 
+
+def grade_here(job_dir: Path) -> GradingResult:
+    from . import score
+
+    job = Job.read(job_dir)
+    course = course_mod.load()
+    result = GradingResult(job.student, file=job.file, sha256=job.sha256)
+    if not _submit(job, job_dir, result) or not _autograde(job, job_dir, result):
+        return result
     gradebook = job_dir / "gradebook.db"
-    result["tests"] = score.cell_scores(gradebook, assignment, student)
-    result["max_tests"] = score.max_scores(gradebook, assignment)
-    unscored = sorted(t for t, v in result["tests"].items() if v is None)
+    result.tests = score.auto_scores(gradebook, course.assignment, job.student)
+    result.max_tests = score.max_scores(gradebook, course.assignment)
+    unscored = sorted(t for t, v in result.tests.items() if v is None)
     if unscored:
-        result["review"].append(f"nbgrader could not score {', '.join(unscored)} (counted as 0)")
-    result["status"] = "review" if result["review"] else "graded"
-    result["reason"] = "; ".join(result["review"])
-    return result
+        result.review.append(f"nbgrader could not score {', '.join(unscored)} (counted as 0)")
+    return result.conclude()
 
 
 def main(argv=None) -> int:
@@ -269,10 +302,10 @@ def main(argv=None) -> int:
         result = grade_here(job_dir)
     except Exception as exc:
         traceback.print_exc()
-        result = {"status": "failed", "notes": [], "review": [],
-                  "reason": f"the grader itself failed ({type(exc).__name__}: {exc}); see worker.log"}
-    result["worker_seconds"] = round(time.monotonic() - started, 1)
-    write_json(job_dir / RESULT, result)
+        result = GradingResult.failure(job_dir.name, f"the grader itself failed ({type(exc).__name__}: "
+                                                     f"{exc}); see worker.log")
+    result.worker_seconds = round(time.monotonic() - started, 1)
+    result.write(job_dir / RESULT)
     return 0
 
 

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from grader import autograde, batch, release  # noqa: E402
+from grader import batch, release, score  # noqa: E402
 from grader import course as course_mod  # noqa: E402
 from grader.course import GRADER_DIR  # noqa: E402
-from submissions import SAMPLES, write_samples  # noqa: E402
+from grader.samples import DEMO_CLASS, write_samples  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -48,25 +48,29 @@ def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int) ->
                                                n_images=n_images), echo=lines.append)
     wall = time.monotonic() - started
     cpu = cpu_seconds() - cpu
-    seconds = [r["seconds"] for r in result.results]
-    scores = {r["student"]: sum(v or 0 for v in r.get("tests", {}).values()) for r in result.results}
+    seconds = [r.seconds for r in result.results]
+    scores = {sid: sum(cells.values()) for sid, cells in result.scores.items()}
     return {"wall": wall, "median": statistics.median(seconds), "per_hour": 3600 * len(seconds) / wall,
             "cpu": cpu / len(seconds), "scores": scores, "max": sum(result.max_tests.values()),
             "lines": lines}
 
 
 def plain_full_size(course, inbox: Path, work: Path, students: list[str], cell_timeout: int) -> dict:
-    autograde.prepare_gradebook(course, work)
+    """The peer: plain `nbgrader autograde` of every student at full size, one after the other."""
+    gradebook = score.prepare_gradebook(course, work)
     for sid in students:
-        autograde.submit(course, work, sid, inbox / sid / f"{course.notebook}.ipynb")
-    env = course_mod.nbgrader_env(work, CRAFT_LAB_OFFLINE="1")
-    env.pop("CRAFT_LAB_N_IMAGES", None)
+        dest = work / "submitted" / sid / course.assignment / f"{course.notebook}.ipynb"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(inbox / sid / f"{course.notebook}.ipynb", dest)
+    env = course_mod.grading_env(course, work)
+    env.pop(course_mod.lab_module(course).N_IMAGES_VAR)  # all 300 images
     started, cpu = time.monotonic(), cpu_seconds()
     proc = subprocess.run([course_mod.tool("nbgrader"), "autograde", course.assignment, "--force",
                            f"--ExecutePreprocessor.timeout={cell_timeout}", "--log-level=WARN"],
                           cwd=GRADER_DIR, env=env, capture_output=True, text=True)
     wall, cpu = time.monotonic() - started, cpu_seconds() - cpu
-    scores = {sid: autograde.read_score(course, work, sid)[0] for sid in students}
+    cells = score.cell_scores(gradebook, course.assignment)
+    scores = {sid: sum(c.final for c in cells.get(sid, {}).values()) for sid in students}
     return {"wall": wall, "per_notebook": wall / len(students), "per_hour": 3600 * len(students) / wall,
             "cpu": cpu / len(students),
             "scores": scores, "rc": proc.returncode, "log": proc.stdout[-2000:] + proc.stderr[-2000:]}
@@ -88,7 +92,7 @@ def main() -> int:
     started = time.monotonic()
     try:
         student = release.generate(course, work / "release") / f"{course.notebook}.ipynb"
-        reference = next(s for s in SAMPLES if s.name == "reference")
+        reference = next(s for s in DEMO_CLASS if s.name == "reference")
         inbox = work / "inbox"
         write_samples([reference], inbox, course.source_notebook, student)
         students = [f"s{i:02d}" for i in range(1, max(args.k, args.full_k) + 1)]

@@ -1,7 +1,6 @@
 """Shared fixtures. Every test runs offline: no test touches the network beyond loopback."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -26,19 +25,14 @@ def course():
 @pytest.fixture
 def offline_env(monkeypatch):
     """Offline mode for code run in this process."""
-    monkeypatch.setenv("CRAFT_LAB_OFFLINE", "1")
-    monkeypatch.delenv("CRAFT_LAB_N_IMAGES", raising=False)
+    monkeypatch.setenv(craftlab.OFFLINE_VAR, "1")
+    monkeypatch.delenv(craftlab.N_IMAGES_VAR, raising=False)
     return craftlab.Settings.from_env()
 
 
-def run_env(**extra: str) -> dict[str, str]:
-    """Environment for notebooks run by tests: offline, the venv first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["CRAFT_LAB_OFFLINE"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+def run_env(work: Path | None = None, n_images: int | None = None) -> dict[str, str]:
+    """Environment for notebooks run by tests: the grader's (offline, the venv first on PATH)."""
+    return course_mod.grading_env(COURSE, work, n_images=n_images)
 
 
 def reference_answers(course=COURSE) -> dict[str, str]:

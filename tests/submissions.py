@@ -1,128 +1,14 @@
-"""Sample submissions, built from the student notebook, and the score each one must get.
+"""The sample submissions the tests grade, and the score each one must get.
 
-One table, SAMPLES. A row is a student notebook with the reference answers (read from the
-source notebook's solution cells) or the blank answers, some cells replaced by id, and
-optionally a last transformation of the file (delete a cell, strip metadata, break the
-JSON, rename it). `lost` says how many points each graded cell loses against full marks;
-full marks per cell come from the notebook's metadata, so rows for new graded cells only
-need a new entry here.
+One table, SAMPLES (the Sample type and the file transformations are in grader/samples.py,
+shared with `make demo`). Add a row for each new graded cell or new way of failing.
 """
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
-import nbformat
-
-ALL = "all"  # every graded cell scores 0
-
-
-def _meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
-
-
-def reference_answers(source_nb) -> dict[str, str]:
-    """Solution cell id -> the reference answer (the source cell without the solution markers)."""
-    answers = {}
-    for cell in source_nb.cells:
-        if _meta(cell).get("solution"):
-            lines = [line for line in cell.source.splitlines()
-                     if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION")]
-            answers[cell.id] = "\n".join(lines)
-    return answers
-
-
-def max_points(source_nb) -> dict[str, float]:
-    return {_meta(c)["grade_id"]: float(_meta(c)["points"]) for c in source_nb.cells if _meta(c).get("grade")}
-
-
-# ----------------------------------------------------------------------------- file transformations
-
-def delete_cells(*ids: str) -> Callable[[dict], bytes]:
-    def apply(nb: dict) -> bytes:
-        nb["cells"] = [c for c in nb["cells"] if c.get("id") not in ids]
-        return json.dumps(nb, indent=1).encode()
-    return apply
-
-
-def strip_nbgrader(keep_ids: bool = False) -> Callable[[dict], bytes]:
-    """What an editor that does not know nbgrader may do: drop its metadata (and the cell ids)."""
-    def apply(nb: dict) -> bytes:
-        for cell in nb["cells"]:
-            cell["metadata"].pop("nbgrader", None)
-            cell["metadata"].pop("deletable", None)
-            cell["metadata"].pop("editable", None)
-            if not keep_ids:
-                cell.pop("id", None)
-        if not keep_ids:
-            nb["nbformat_minor"] = 4
-        return json.dumps(nb, indent=1).encode()
-    return apply
-
-
-def then(*steps: Callable[[dict], bytes]) -> Callable[[dict], bytes]:
-    def apply(nb: dict) -> bytes:
-        for step in steps:
-            nb = json.loads(step(nb))
-        return json.dumps(nb, indent=1).encode()
-    return apply
-
-
-def one_big_cell(nb: dict) -> bytes:
-    """All code pasted into one cell, metadata gone: nothing left to match."""
-    code = "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-                       for c in nb["cells"] if c["cell_type"] == "code")
-    nb["cells"] = [{"cell_type": "code", "metadata": {}, "source": code, "outputs": [], "execution_count": None}]
-    nb["nbformat_minor"] = 4
-    return json.dumps(nb, indent=1).encode()
-
-
-def truncate(nb: dict) -> bytes:
-    """A download that stopped half-way: not valid JSON."""
-    data = json.dumps(nb, indent=1).encode()
-    return data[: len(data) // 2]
-
-
-# ----------------------------------------------------------------------------- the table
-
-@dataclass(frozen=True)
-class Sample:
-    name: str                                   # also the student id
-    edits: dict[str, str] = field(default_factory=dict)
-    lost: dict[str, float] | str = field(default_factory=dict)
-    lost_after: str | None = None               # every graded cell after this cell scores 0 too
-    blank: bool = False                         # start from the blank student notebook
-    transform: Callable[[dict], bytes] | None = None
-    filename: str = "craft_lab.ipynb"
-    status: str = "graded"                      # graded, review or failed
-    says: str = ""                              # in the reason or the notes
-
-    def expected(self, source_nb) -> dict[str, float]:
-        """Points each graded cell must get, from the notebook's metadata and `lost`."""
-        points = max_points(source_nb)
-        if self.lost == ALL or self.status == "failed":
-            return {g: 0.0 for g in points}
-        expected = {g: max(0.0, p - self.lost.get(g, 0.0)) for g, p in points.items()}
-        if self.lost_after:
-            ids = [c.get("id") for c in source_nb.cells]
-            for c in source_nb.cells[ids.index(self.lost_after) + 1:]:
-                if _meta(c).get("grade"):
-                    expected[_meta(c)["grade_id"]] = 0.0
-        return expected
-
-    def build(self, student_nb, answers: dict[str, str]) -> bytes:
-        nb = copy.deepcopy(student_nb)
-        sources = {} if self.blank else dict(answers)
-        sources.update(self.edits)
-        for cell in nb.cells:
-            if cell.get("id") in sources:
-                cell.source = sources[cell.id]
-        data = json.loads(nbformat.writes(nb))
-        return self.transform(data) if self.transform else json.dumps(data, indent=1).encode()
-
+from grader.samples import (ALL, DEMO_CLASS, HANDOUT_H, Sample, delete_cells, max_points,  # noqa: F401
+                            one_big_cell, reference_answers, strip_nbgrader, then, truncate, write_samples)
 
 SPLIT = """children = list(model.children())
 g = nn.Sequential(*children[:{n}])
@@ -155,14 +41,19 @@ deletion_order = {order}
 deletion_curve = deletion_curve_for(deletion_order)
 random_curves = np.stack([deletion_curve_for(order) for order in {orders}])'''
 
+
+def import_xplique_first(nb: dict) -> bytes:
+    """A student who adds a cell at the very top importing Xplique (TensorFlow) before torch."""
+    nb["cells"].insert(0, {"cell_type": "code", "metadata": {}, "source": "import xplique\n"
+                           "from xplique.concepts import CraftTorch", "outputs": [], "execution_count": None})
+    return json.dumps(nb, indent=1).encode()
+
+
 SAMPLES: list[Sample] = [
-    Sample("reference"),
-    Sample("blank", blank=True, lost=ALL, says="not answered: answer_eval"),
+    # The demo's class: the reference, the blank notebook, the handout's two mistakes.
+    *DEMO_CLASS,
     # One wrong answer per graded step: each loses that step's points and no others.
-    Sample("train_mode", {"answer_eval": "# model.eval()  (forgotten, as in the handout)"},
-           {"check_eval": 1, "check_model_untouched": 1}),
     Sample("g_7_children", {"answer_split": SPLIT.format(n=7, fc="model.fc")}, {"check_g": 1}),
-    Sample("h_fresh_linear", {"answer_split": SPLIT.format(n=8, fc="nn.Linear(2048, 1000)")}, {"check_h": 2}),
     Sample("normalize_wrong", {"answer_transform": TRANSFORM.format(size=256, mean=[0.5] * 3, std=[0.5] * 3)},
            {"check_transform": 1}),
     Sample("resize_224", {"answer_transform": TRANSFORM.format(size=224, **IMAGENET)}, {"check_transform": 1}),
@@ -216,6 +107,7 @@ SAMPLES: list[Sample] = [
     Sample("locked_edited", {"check_h": "print('OK: trust me')",
                              "answer_split": SPLIT.format(n=8, fc="nn.Linear(2048, 1000)")},
            {"check_h": 2}, says="provided cells edited, nbgrader puts the originals back: check_h"),
+    Sample("xplique_first", transform=import_xplique_first),
     Sample("renamed", filename="Copy of craft_lab (1).ipynb", says="submitted as 'Copy of craft_lab (1).ipynb'"),
     Sample("metadata_stripped", transform=strip_nbgrader(), says="nbgrader metadata was missing"),
     Sample("metadata_stripped_answer_gone", transform=then(delete_cells("answer_plot_maps"), strip_nbgrader()),
@@ -225,12 +117,3 @@ SAMPLES: list[Sample] = [
 ]
 
 
-def write_samples(samples: list[Sample], folder: Path, source_path: Path, student_path: Path) -> None:
-    """One folder per student id, as TAs receive them: <folder>/<name>/<filename>."""
-    source = nbformat.read(source_path, as_version=4)
-    student = nbformat.read(student_path, as_version=4)
-    answers = reference_answers(source)
-    for sample in samples:
-        dest = folder / sample.name / sample.filename
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(sample.build(student, answers))

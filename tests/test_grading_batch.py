@@ -66,7 +66,7 @@ def graded(course, inbox, tmp_path_factory):
 
 
 def by_student(result):
-    return {r["student"]: r for r in result.results}
+    return {r.student: r for r in result.results}
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.name)
@@ -74,10 +74,10 @@ def test_each_sample_gets_its_expected_points(graded, source, sample):
     result, out, _ = graded
     got = by_student(result)[sample.name]
     expected = sample.expected(source)
-    scores = {t: float(got.get("tests", {}).get(t) or 0.0) for t in expected}
-    assert scores == expected, f"{sample.name}: {got.get('status')} {got.get('reason')} {got.get('notes')}"
-    assert got["status"] == sample.status, (got.get("reason"), got.get("notes"))
-    said = " | ".join([got.get("reason", "")] + got.get("notes", []))
+    scores = {t: got.points(t) for t in expected}
+    assert scores == expected, f"{sample.name}: {got.status} {got.reason} {got.notes}"
+    assert got.status == sample.status, (got.reason, got.notes)
+    said = " | ".join([got.reason] + got.notes)
     assert sample.says in said
 
 
@@ -132,10 +132,10 @@ def test_main_gradebook_holds_what_each_grading_wrote_and_flags_problems(graded,
     result, out, _ = graded
     main = score.dump(out / "nbgrader" / "gradebook.db", course.assignment)
     for r in result.results:
-        sid = r["student"]
+        sid = r.student
         flagged = main[("notebook", sid, course.notebook)][0]
-        assert flagged == (r["status"] != "graded"), sid
-        if r["status"] == "failed":
+        assert flagged == (r.status != "graded"), sid
+        if r.status == "failed":
             continue
         own = score.dump(out / "work" / sid / "gradebook.db", course.assignment)
         mine = {k: v for k, v in own.items() if k[0] in ("grade", "comment")}
@@ -178,3 +178,7 @@ def test_running_again_continues_and_keeps_manual_grades(graded, course, inbox):
     merged = json.loads((out / "work" / "fit_unseeded" / "merged.json").read_text())
     assert merged["tests"]["check_fit"] == 0
     assert float(grades["fit_unseeded"]["score"]) == sum(merged["tests"].values()) + 1.5
+    # results.csv reads the same gradebook: the manual score counts there too
+    rows = {r["student_id"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert float(rows["fit_unseeded"]["check_fit"]) == 1.5
+    assert float(rows["fit_unseeded"]["score"]) == float(grades["fit_unseeded"]["score"])

@@ -4,7 +4,6 @@ Small notebooks, a few seconds each: the full notebook is graded in test_grading
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,17 +15,23 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from conftest import run_env
 from grader import worker
-from grader.execute import LAST_RUN, ResilientExecute
+from grader.results import GradingResult
+from grader.execute import ResilientExecute
 
 
 def execute(tmp_path, *sources, timeout=5):
+    return run(tmp_path, *sources, timeout=timeout)[1]
+
+
+def run(tmp_path, *sources, timeout=5):
+    """(executed notebook, [[(output type, error name, text)] per cell])."""
     nb = new_notebook(cells=[new_code_cell(s) for s in sources])
     nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     for i, cell in enumerate(nb.cells):
         cell.metadata["nbgrader"] = {"grade_id": f"c{i}", "grade": False, "solution": False,
                                      "locked": True, "schema_version": 3}
     ResilientExecute(timeout=timeout).preprocess(nb, {"metadata": {"path": str(tmp_path)}})
-    return [[(o.output_type, o.get("ename"), o.get("text", "").strip()) for o in c.outputs] for c in nb.cells]
+    return nb, [[(o.output_type, o.get("ename"), o.get("text", "").strip()) for o in c.outputs] for c in nb.cells]
 
 
 def test_a_cell_over_the_limit_is_interrupted_and_the_rest_runs(tmp_path):
@@ -36,20 +41,23 @@ def test_a_cell_over_the_limit_is_interrupted_and_the_rest_runs(tmp_path):
 
 
 def test_a_dying_kernel_costs_only_the_cells_after_it(tmp_path):
-    outputs = execute(tmp_path, "print('before')", "import os\nos._exit(1)", "print('after')")
+    nb, outputs = run(tmp_path, "print('before')", "import os\nos._exit(1)", "print('after')")
     assert outputs[0] == [("stream", None, "before")]
     assert outputs[1][-1][:2] == ("error", "KernelDied")
     assert outputs[2][0][:2] == ("error", "NotRun")
-    assert LAST_RUN["events"] == [("kernel_died", "c1")]
+    notes, review = worker._cell_problems(nb, 5)
+    assert review == ["the kernel died in c1: the cells after it were not run"]
+    assert set(worker.cell_seconds(nb)) == {"c0", "c1"}, "the cell not run has no time"
 
 
 def test_a_kernel_ignoring_the_interrupt_is_stopped(tmp_path):
     started = time.monotonic()
-    outputs = execute(tmp_path, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
+    nb, outputs = run(tmp_path, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
                       "print('after')", timeout=3)
     assert outputs[0][-1][:2] == ("error", "KernelUnresponsive")
     assert outputs[1][0][:2] == ("error", "NotRun")
-    assert LAST_RUN["events"] == [("kernel_hung", "c0")]
+    assert worker._cell_problems(nb, 3)[1] == ["the kernel stopped responding in c0 and was stopped; "
+                                               "the cells after it were not run"]
     assert time.monotonic() - started < 60
 
 
@@ -80,7 +88,7 @@ def test_run_job_kills_a_submission_past_the_notebook_limit(tmp_path):
     started = time.monotonic()
     result = worker.run_job(tmp_path, run_env(), timeout_s=3, argv=[sys.executable, "-c", code])
     assert time.monotonic() - started < 30
-    assert result["status"] == "failed" and "killed after 3 s" in result["reason"]
+    assert result.status == "failed" and "killed after 3 s" in result.reason
     left = [p for p in psutil.process_iter(["pid"]) if _marked(p, tmp_path.name)]
     assert left == []
 
@@ -94,21 +102,22 @@ def _marked(proc, name) -> bool:
 
 def test_run_job_reports_a_worker_that_died_without_a_result(tmp_path):
     result = worker.run_job(tmp_path, run_env(), timeout_s=30, argv=[sys.executable, "-c", "import os; os._exit(3)"])
-    assert result["status"] == "failed" and "exit status 3" in result["reason"]
+    assert result.status == "failed" and "exit status 3" in result.reason
 
 
 def test_run_job_reads_the_worker_result(tmp_path):
-    code = f"import json; open({str(tmp_path / worker.RESULT)!r}, 'w').write(json.dumps({{'status': 'graded'}}))"
+    code = (f"import json; open({str(tmp_path / worker.RESULT)!r}, 'w').write(json.dumps("
+            "{'student': 's1', 'status': 'graded', 'tests': {'check_h': 2.0}}))")
     result = worker.run_job(tmp_path, run_env(), timeout_s=30, argv=[sys.executable, "-c", code])
-    assert result["status"] == "graded" and "seconds" in result
+    assert result.status == "graded" and result.tests == {"check_h": 2.0} and result.seconds > 0
 
 
 @pytest.mark.parametrize("bad", ["{not json", '{"cells": []}'])
 def test_the_worker_records_an_ungradable_file_without_running_nbgrader(tmp_path, course, bad):
     (tmp_path / "in.ipynb").write_text(bad)
-    worker.write_json(tmp_path / worker.JOB, {"student": "s1", "source": str(tmp_path / "in.ipynb"),
-                                              "cell_timeout_s": 10, "release": str(course.student_notebook)})
+    worker.Job(student="s1", source=str(tmp_path / "in.ipynb"), cell_timeout_s=10,
+               release=str(course.student_notebook)).write(tmp_path)
     assert worker.main([str(tmp_path)]) == 0
-    result = json.loads((tmp_path / worker.RESULT).read_text())
-    assert result["status"] == "failed" and result["reason"].startswith(("not a notebook", "does not look like"))
+    result = GradingResult.read(tmp_path / worker.RESULT)
+    assert result.status == "failed" and result.reason.startswith(("not a notebook", "does not look like"))
     assert not (tmp_path / "autograded").exists()

@@ -10,14 +10,15 @@ import xml.etree.ElementTree as ET
 import nbformat
 import pytest
 
-from conftest import ROOT, run_env
+from conftest import ROOT, craftlab, run_env
+from grader import course as course_mod
 from grader import release
 
 
 def run_nbval(paths, junit, timeout=1800):
     cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-cell-timeout=900",
            "-p", "no:cacheprovider", "-o", "addopts=", f"--junitxml={junit}", *map(str, paths)]
-    return subprocess.run(cmd, cwd=ROOT, env=run_env(**release.RECORD_ENV), capture_output=True,
+    return subprocess.run(cmd, cwd=ROOT, env=release.record_env(course_mod.load()), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -68,7 +69,7 @@ def test_solution_at_the_handouts_full_size(course, tmp_path):
     ids = [c.id for c in nb.cells]
     nb.cells = nb.cells[: ids.index("gf_intro")] if "gf_intro" in ids else nb.cells
     env = run_env()
-    env.pop("CRAFT_LAB_N_IMAGES", None)
+    env.pop(craftlab.N_IMAGES_VAR)  # all 300 images
     started = time.monotonic()
     NotebookClient(nb, timeout=3600, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(course.source_dir)}}).execute(env=env)

@@ -49,34 +49,54 @@ class LabDataError(RuntimeError):
     """The rabbit images could not be fetched or are not what the lab expects."""
 
 
+# The environment variables this module reads: each name is written here and nowhere else
+# (the grader builds a kernel's environment with Settings.to_env).
+OFFLINE_VAR = "CRAFT_LAB_OFFLINE"
+N_IMAGES_VAR = "CRAFT_LAB_N_IMAGES"
+DATA_DIR_VAR = "CRAFT_LAB_DATA_DIR"
+RABBIT_URL_VAR = "CRAFT_LAB_RABBIT_URL"
+RABBIT_SHA256_VAR = "CRAFT_LAB_RABBIT_SHA256"
+DEVICE_VAR = "CRAFT_LAB_DEVICE"
+VARIABLES = (OFFLINE_VAR, N_IMAGES_VAR, DATA_DIR_VAR, RABBIT_URL_VAR, RABBIT_SHA256_VAR, DEVICE_VAR)
+
+
 @dataclass(frozen=True)
 class Settings:
-    offline: bool
-    n_images: int | None
-    data_dir: Path
-    rabbit_url: str
-    rabbit_sha256: str | None
-    device: str | None
+    offline: bool = False
+    n_images: int | None = None
+    data_dir: Path | None = None     # None: default_data_dir()
+    rabbit_url: str = RABBIT_URL
+    rabbit_sha256: str | None = None
+    device: str | None = None
     timeout: float = 60.0
     retries: int = 3
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
         env = os.environ if env is None else env
-        n = env.get("CRAFT_LAB_N_IMAGES", "").strip()
+        n = env.get(N_IMAGES_VAR, "").strip()
         if n and (not n.isdigit() or int(n) < 1):
             raise ValueError(
-                f"CRAFT_LAB_N_IMAGES={n!r} is not a positive whole number. "
+                f"{N_IMAGES_VAR}={n!r} is not a positive whole number. "
                 "Set it to how many images to use (e.g. 8), or unset it to use all of them."
             )
         return cls(
-            offline=env.get("CRAFT_LAB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"},
+            offline=env.get(OFFLINE_VAR, "").strip().lower() in {"1", "true", "yes", "on"},
             n_images=int(n) if n else None,
-            data_dir=Path(env["CRAFT_LAB_DATA_DIR"]) if env.get("CRAFT_LAB_DATA_DIR") else default_data_dir(),
-            rabbit_url=env.get("CRAFT_LAB_RABBIT_URL", RABBIT_URL),
-            rabbit_sha256=env.get("CRAFT_LAB_RABBIT_SHA256") or None,
-            device=env.get("CRAFT_LAB_DEVICE") or None,
+            data_dir=Path(env[DATA_DIR_VAR]) if env.get(DATA_DIR_VAR) else default_data_dir(),
+            rabbit_url=env.get(RABBIT_URL_VAR, RABBIT_URL),
+            rabbit_sha256=env.get(RABBIT_SHA256_VAR) or None,
+            device=env.get(DEVICE_VAR) or None,
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that make Settings.from_env() give these settings back (unset ones omitted)."""
+        values = {OFFLINE_VAR: "1" if self.offline else None,
+                  N_IMAGES_VAR: str(self.n_images) if self.n_images else None,
+                  DATA_DIR_VAR: str(self.data_dir) if self.data_dir else None,
+                  RABBIT_URL_VAR: self.rabbit_url if self.rabbit_url != RABBIT_URL else None,
+                  RABBIT_SHA256_VAR: self.rabbit_sha256, DEVICE_VAR: self.device}
+        return {name: value for name, value in values.items() if value is not None}
 
 
 def default_data_dir() -> Path:
@@ -196,7 +216,7 @@ def validate_rabbits(path: Path, expected_sha256: str | None = None) -> np.ndarr
     """
     path = Path(path)
     fix = (f"Delete {path} and run the cell again to download it anew, or set "
-           "CRAFT_LAB_OFFLINE=1 to continue with synthetic images.")
+           f"{OFFLINE_VAR}=1 to continue with synthetic images.")
     if expected_sha256:
         got = sha256_of(path)
         if got != expected_sha256.lower():
@@ -266,7 +286,7 @@ def download(url: str, dest: Path, *, timeout: float = 60.0, retries: int = 3,
     raise LabDataError(
         f"Could not download {url} after {retries} attempts (last error: {last_error}). "
         f"Check the internet connection and run the cell again; or download the file by hand "
-        f"and save it as {dest}; or set CRAFT_LAB_OFFLINE=1 to continue with synthetic images."
+        f"and save it as {dest}; or set {OFFLINE_VAR}=1 to continue with synthetic images."
     )
 
 
@@ -279,7 +299,7 @@ def load_rabbits(settings: Settings | None = None) -> np.ndarray:
         print(OFFLINE_BANNER)
         print(f"OFFLINE MODE: {n} synthetic images (seed {SEED}) stand in for rabbit.npz.")
     else:
-        path = settings.data_dir / RABBIT_FILE
+        path = (settings.data_dir or default_data_dir()) / RABBIT_FILE
         if path.exists():
             print(f"Using the cached {path}")
         else:
@@ -290,9 +310,9 @@ def load_rabbits(settings: Settings | None = None) -> np.ndarray:
         if settings.n_images:
             images = images[: settings.n_images]
     if settings.n_images and len(images) < settings.n_images:
-        print(f"Note: CRAFT_LAB_N_IMAGES={settings.n_images}, but only {len(images)} images exist.")
+        print(f"Note: {N_IMAGES_VAR}={settings.n_images}, but only {len(images)} images exist.")
     if settings.n_images:
-        print(f"Using the first {len(images)} images (CRAFT_LAB_N_IMAGES={settings.n_images}).")
+        print(f"Using the first {len(images)} images ({N_IMAGES_VAR}={settings.n_images}).")
     return images
 
 

@@ -1,0 +1,74 @@
+"""The result of grading one submission: a typed record that crosses the process boundary.
+
+The worker writes it as JSON (result.json) in the submission's job folder; the batch reads
+it back, adds what only the parent knows (the file it came from, the wall-clock time),
+merges it and hands it to the reports. Scores here are the AUTOMATIC scores of that one
+grading; what a TA later enters by hand lives in the gradebook (see score.py).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+STATUSES = ("graded", "review", "failed")
+
+
+@dataclass
+class GradingResult:
+    student: str
+    status: str = "failed"                 # one of STATUSES
+    reason: str = ""                       # why review or failed, one line
+    notes: list[str] = field(default_factory=list)    # worth knowing, no action needed
+    review: list[str] = field(default_factory=list)   # what a person should look at
+    tests: dict[str, float | None] = field(default_factory=dict)  # grade_id -> automatic score
+    max_tests: dict[str, float] = field(default_factory=dict)
+    cell_seconds: dict[str, float] = field(default_factory=dict)
+    file: str = ""                         # path relative to the submissions folder
+    sha256: str = ""
+    seconds: float = 0.0                   # wall-clock, as the parent saw it
+    worker_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
+
+    @classmethod
+    def failure(cls, student: str, reason: str, **kw) -> "GradingResult":
+        return cls(student=student, status="failed", reason=reason, **kw)
+
+    def conclude(self) -> "GradingResult":
+        """Set the status from what was found: review when anything needs a person."""
+        self.status = "review" if self.review else "graded"
+        self.reason = "; ".join(self.review)
+        return self
+
+    def points(self, test: str) -> float:
+        value = self.tests.get(test)
+        return float(value) if value is not None else 0.0
+
+    def total(self, tests: list[str] | None = None) -> float:
+        return sum(self.points(t) for t in (tests if tests is not None else self.tests))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GradingResult":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls, path: Path) -> "GradingResult":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    tmp.replace(path)
