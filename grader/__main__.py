@@ -59,7 +59,7 @@ def cmd_demo(args) -> int:
           f"{(work / 'inbox').relative_to(ROOT)}/). Grading it offline, as a TA would "
           "(random weights, synthetic images: this checks the kit, not CRAFT's results)...")
     graded = batch.grade(course, batch.Options(submissions=work / "inbox", out=work / "out",
-                                               workers=args.workers))
+                                               workers=args.workers, allow_unsafe=args.allow_unsafe))
     return _demo_verdict(course, chosen, graded, work / "out")
 
 
@@ -89,7 +89,8 @@ def cmd_grade(args) -> int:
     opts = batch.Options(submissions=args.submissions, out=args.out, workers=args.workers,
                          roster=args.roster, mapping=args.map, online=args.online, n_images=args.n_images,
                          cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout,
-                         regrade=True if args.regrade == [] else (args.regrade or False))
+                         regrade=True if args.regrade == [] else (args.regrade or False),
+                         allow_unsafe=args.allow_unsafe)
     result = batch.grade(load(), opts)
     return 0 if result.collection.submissions else 1
 
@@ -114,6 +115,9 @@ def add_grade_parser(sub) -> None:
                    help=f"seconds per notebook before it is killed (default {course.notebook_timeout_s})")
     p.add_argument("--regrade", nargs="*", metavar="STUDENT",
                    help="grade again submissions already graded in --out (all, or these students)")
+    p.add_argument("--allow-unsafe", action="store_true",
+                   help="grade even though this machine lacks part of the sandbox (no bubblewrap, no user "
+                        "namespaces, no cgroup); what is off is said on screen and in summary.md")
 
 
 def main(argv=None) -> int:
@@ -123,6 +127,7 @@ def main(argv=None) -> int:
                                        "offline through the batch grader, and check each got its due")
     demo.add_argument("--only", nargs="+", metavar="NAME", help="grade only these samples of the demo class")
     demo.add_argument("--workers", type=int, default=0, help="submissions graded at once (default: one per CPU)")
+    demo.add_argument("--allow-unsafe", action="store_true", help="as for grade")
     sub.add_parser("student", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
     sub.add_parser("record", help="re-execute the source notebook offline to record the outputs nbval checks")
     sub.add_parser("check-sync", help="fail if the committed student notebook is stale")

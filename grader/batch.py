@@ -48,6 +48,7 @@ class Options:
     cell_timeout_s: int | None = None      # default: course.toml grading.batch_cell_timeout_s
     notebook_timeout_s: int | None = None  # default: course.toml grading.notebook_timeout_s
     regrade: bool | list[str] = False      # True: all; a list: these student ids
+    allow_unsafe: bool = False             # grade even if this machine lacks a sandbox protection
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Settings:
     notebook_timeout_s: int
     workers: int
     threads: int                           # per kernel, so that the workers share the CPUs
+    protections_off: tuple[str, ...] = ()  # what the sandbox cannot do on this machine (allowed)
 
     @classmethod
     def resolve(cls, course: Course, opts: Options) -> "Settings":
@@ -68,7 +70,20 @@ class Settings:
         workers = opts.workers or os.cpu_count() or 1
         return cls(n_images, opts.cell_timeout_s or course.batch_cell_timeout_s,
                    opts.notebook_timeout_s or course.notebook_timeout_s, workers,
-                   max(1, (os.cpu_count() or 1) // workers))
+                   max(1, (os.cpu_count() or 1) // workers), sandbox_check(opts.allow_unsafe))
+
+
+def sandbox_check(allow_unsafe: bool) -> tuple[str, ...]:
+    """What the sandbox cannot do here. Refuses to grade (SystemExit, saying what to install)
+    unless the TA allowed it explicitly; then returns the protections that are off."""
+    from . import sandbox
+
+    off = tuple(sandbox.probe().missing())
+    if off and not allow_unsafe:
+        raise SystemExit("Refusing to grade: this machine cannot confine the students' code:\n  - "
+                         + "\n  - ".join(off) + "\nInstall or enable what is missing (see grader/README-TA.md, "
+                         "threat model), or grade anyway with --allow-unsafe, knowing what is off.")
+    return off
 
 
 @dataclass
@@ -183,8 +198,8 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folde
         shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True)
         score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
-        worker.Job(student=sid, source=str(f.path), release=str(release_nb),
-                   cell_timeout_s=settings.cell_timeout_s, file=f.relpath, sha256=f.sha256).write(job_dir)
+        worker.Job(student=sid, source=str(f.path), release=str(release_nb), cell_timeout_s=settings.cell_timeout_s,
+                   file=f.relpath, sha256=f.sha256, allow_unsafe=bool(settings.protections_off)).write(job_dir)
         todo.append((sid, f, job_dir))
     if kept:
         echo(f"{len(kept)} submissions already graded in {opts.out} (same files): kept. "
@@ -257,7 +272,7 @@ def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, m
         futures = {}
         for sid, f, job_dir in todo:
             env = grading_env(course, job_dir, online=opts.online, n_images=settings.n_images,
-                              threads=settings.threads)
+                              threads=settings.threads, gpu_stand_in=True)
             futures[pool.submit(worker.run_job, job_dir, env, settings.notebook_timeout_s, running)] = \
                 (sid, f, job_dir)
         pending = set(futures)
@@ -282,14 +297,23 @@ def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, m
             raise
 
 
-def report_phase(course: Course, folders: Folders, results: list[GradingResult], tests, max_tests):
+def unsafe_lines(settings: Settings) -> list[str]:
+    """What summary.md and the screen say when grading ran with protections off."""
+    if not settings.protections_off:
+        return []
+    return ["", "## Protections that were OFF (--allow-unsafe)", "",
+            *[f"- {line}" for line in settings.protections_off]]
+
+
+def report_phase(course: Course, folders: Folders, results: list[GradingResult], tests, max_tests,
+                 extra: list[str] = ()):
     """grades.csv, results.csv, summary.md, scores.png; returns (points, [per-test table, per-student table])."""
     out = folders.out
     points = {sid: {t: cell.final for t, cell in cells.items()}
               for sid, cells in score.cell_scores(folders.main_db, course.assignment).items()}
     report.export_grades(folders.main, out / "grades.csv")
     report.write_results(results, points, tests, max_tests, out / "results.csv")
-    per_test = report.write_summary(results, points, tests, max_tests, out / "summary.md")
+    per_test = report.write_summary(results, points, tests, max_tests, out / "summary.md", extra)
     report.plot(results, points, tests, max_tests, out / "scores.png")
     per_student = report.table_text(report.student_rows(results, points, tests, max_tests),
                                     report.STUDENT_HEADER)
@@ -301,6 +325,8 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     folders = Folders(opts.out.resolve())
     folders.out.mkdir(parents=True, exist_ok=True)
     settings = Settings.resolve(course, opts)
+    for line in unsafe_lines(settings)[1:]:
+        echo(line.replace("## ", "WARNING: "))
     found, roster = collect_phase(course, opts, folders.out, echo)
     max_tests = gradebooks_phase(course, folders, roster)
     tests = tests_in_order(course, max_tests)
@@ -313,7 +339,7 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     merger = Merger(course, folders, todo, roster, tests, max_tests, echo)
     grade_phase(course, opts, settings, todo, merger)
     results = list({**kept, **merger.results}.values())
-    points, tables = report_phase(course, folders, results, tests, max_tests)
+    points, tables = report_phase(course, folders, results, tests, max_tests, unsafe_lines(settings))
     seconds = time.monotonic() - started
     counts = ", ".join(f"{sum(1 for r in results if r.status == s)} {s}" for s in STATUSES)
     echo("\n" + tables[0] + "\n\n" + tables[1])

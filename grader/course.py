@@ -94,20 +94,28 @@ def nbgrader_env(work: Path | None = None) -> dict[str, str]:
 
 
 def grading_env(course: Course, work: Path | None = None, *, online: bool = False,
-                n_images: int | None = None, threads: int | None = None) -> dict[str, str]:
+                n_images: int | None = None, threads: int | None = None,
+                gpu_stand_in: bool = False) -> dict[str, str]:
     """The environment every graded or recorded notebook runs in: the one place it is built.
 
     Offline unless `online` (then rabbit.npz is cached in the kit's data/ folder), with
     n_images images (default: course.toml), and `threads` threads per kernel when given.
+    gpu_stand_in: the notebook runs as on a Colab GPU runtime (the lab's device is "cuda"),
+    in a kernel started by kernel_boot.py, where the CPU stands in for CUDA if there is no GPU.
     """
+    from .kernel_boot import CUDA_ON_CPU
+
     craftlab = lab_module(course)
     env = nbgrader_env(work)
-    for name in craftlab.VARIABLES:  # only what is decided here reaches the notebook
+    for name in (*craftlab.VARIABLES, CUDA_ON_CPU):  # only what is decided here reaches the notebook
         env.pop(name, None)
     settings = craftlab.Settings(offline=not online, n_images=n_images or course.grading_n_images,
-                                 data_dir=ROOT / "data" if online else None)
+                                 data_dir=ROOT / "data" if online else None,
+                                 device="cuda" if gpu_stand_in else None)
     env.update(settings.to_env())
     env["PYTHONUNBUFFERED"] = "1"
+    if gpu_stand_in:
+        env[CUDA_ON_CPU] = "1"
     if threads:
         env.update({name: str(threads) for name in THREAD_VARS})
     return env

@@ -20,6 +20,7 @@ import time
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
+from traitlets import Unicode
 
 # What the grader learns while running a cell, kept in that cell's metadata so that the
 # autograded notebook itself says it (worker.py reads it back): {"seconds": 12.3}.
@@ -40,9 +41,20 @@ def error_output(ename: str, evalue: str) -> NotebookNode:
 class ResilientExecute(Execute):
     """nbgrader's Execute; a dead or unresponsive kernel costs only the cells from there on."""
 
+    run_dir = Unicode("", help="The kernel's working folder (its only writable place in the sandbox), "
+                               "instead of the notebook's folder. Empty: the notebook's folder.").tag(config=True)
+
     def preprocess(self, nb, resources=None, km=None):
         self._stopped: str | None = None
-        return super().preprocess(nb, resources, km)
+        if not self.run_dir:
+            return super().preprocess(nb, resources, km)
+        resources = resources if resources is not None else {}
+        metadata = resources.setdefault("metadata", {})
+        notebook_dir, metadata["path"] = metadata.get("path"), self.run_dir
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            metadata["path"] = notebook_dir
 
     def _kill_kernel(self) -> None:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from nbgrader import utils as nbu
 
 from . import course as course_mod
+from . import gpu
 from . import repair as repair_mod
 from .course import GRADER_DIR, ROOT
 from .execute import KERNEL_DIED, KERNEL_HUNG, NOT_RUN, TIMING_KEY, cell_label
@@ -34,6 +36,7 @@ from .results import GradingResult, write_json
 
 RESULT = "result.json"
 JOB = "job.json"
+BOOT = "/opt/craft-lab/kernel_boot.py"  # where the kernel's entry point is bound in the sandbox
 LOG = "worker.log"
 MARKER = "CRAFT_LAB_JOB"
 
@@ -130,23 +133,33 @@ def _wait(proc: subprocess.Popen, timeout_s: float, marker: str) -> bool:
 
 # ----------------------------------------------------------------------------- child side
 
-def nbgrader_config(cell_timeout_s: int):
-    """nbgrader_config.py, plus this module's execution settings."""
+def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=None):
+    """nbgrader_config.py, plus this module's settings: hidden tests removed before the notebook
+    is written or run (the kernel never sees them, nor does the feedback page), our Execute,
+    the kernel in run_dir and, when given, in the sandbox."""
     from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: F401  (nbgrader needs it)
     from nbgrader.converters import Autograde
-    from nbgrader.preprocessors import Execute
+    from nbgrader.preprocessors import ClearHiddenTests, Execute, OverwriteCells
     from traitlets.config import Config
     from traitlets.config.loader import PyFileConfigLoader
 
     from .execute import ResilientExecute
 
     cfg = PyFileConfigLoader("nbgrader_config.py", path=str(GRADER_DIR)).load_config()
-    defaults = Autograde.class_traits()["autograde_preprocessors"].default()
+    traits = Autograde.class_traits()
+    sanitize = list(traits["sanitize_preprocessors"].default())
+    sanitize.insert(sanitize.index(OverwriteCells) + 1, ClearHiddenTests)
     extra = Config()
-    extra.Autograde.autograde_preprocessors = [ResilientExecute if p is Execute else p for p in defaults]
+    extra.Autograde.sanitize_preprocessors = sanitize
+    extra.Autograde.autograde_preprocessors = [ResilientExecute if p is Execute else p
+                                               for p in traits["autograde_preprocessors"].default()]
     extra.ResilientExecute.timeout = int(cell_timeout_s)
+    if run_dir is not None:
+        extra.ResilientExecute.run_dir = str(run_dir)
     extra.HTMLExporter.template_name = "feedback"
     cfg.merge(extra)
+    if sandbox is not None:
+        cfg.merge(sandbox.config())
     return cfg
 
 
@@ -178,6 +191,7 @@ class Job:
     cell_timeout_s: int
     file: str = ""
     sha256: str = ""
+    allow_unsafe: bool = False   # grade even where the sandbox lacks a protection (the TA said so)
 
     def write(self, job_dir: Path) -> None:
         write_json(job_dir / JOB, asdict(self))
@@ -254,14 +268,47 @@ def _logger(student: str) -> logging.Logger:
     return log
 
 
+def _run_dir(job_dir: Path) -> Path:
+    """The kernel's folder: the lab's helper files only. The notebook nbgrader writes (and the
+    gradebook) stay outside it, so nothing the kernel writes there is read back as trusted."""
+    course = course_mod.load()
+    run_dir = job_dir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir()
+    for helper in course.source_dir.iterdir():
+        if helper.is_file() and helper.suffix == ".py":
+            shutil.copyfile(helper, run_dir / helper.name)
+    return run_dir
+
+
+def _sandbox(job: Job, run_dir: Path):
+    """The submission's kernel sandbox, started by kernel_boot.py (the CPU standing in for CUDA)."""
+    from .kernel_boot import CUDA_ON_CPU
+    from .sandbox import Limits, Sandbox
+
+    craftlab = course_mod.lab_module()
+    names = (*craftlab.VARIABLES, CUDA_ON_CPU, *course_mod.THREAD_VARS, "PYTHONUNBUFFERED")
+    env = {name: os.environ[name] for name in names if name in os.environ}
+    env["NBGRADER_EXECUTION"] = "autograde"
+    return Sandbox(run_dir, Limits.load(), env=env, binds={GRADER_DIR / "kernel_boot.py": BOOT},
+                   boot=BOOT, allow_unsafe=job.allow_unsafe)
+
+
 def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
-    """nbgrader autograde (kernel events land in the notebook) and generate_feedback."""
+    """nbgrader autograde in the sandbox (kernel events land in the notebook), then generate_feedback."""
     import nbformat
     from nbgrader.converters import Autograde, GenerateFeedback
 
     course = course_mod.load()
-    log, cfg = _logger(job.student), nbgrader_config(job.cell_timeout_s)
-    error = _run_app(Autograde, cfg, course.assignment, job.student, log)
+    log = _logger(job.student)
+    run_dir = _run_dir(job_dir)
+    with _sandbox(job, run_dir) as sandbox:
+        os.environ.update(sandbox.jupyter_env())
+        error = _run_app(Autograde, nbgrader_config(job.cell_timeout_s, run_dir, sandbox),
+                         course.assignment, job.student, log)
+        left = sandbox.cleanup()
+    if left:
+        result.notes.append(f"{left} process(es) left running by the submission were killed")
     autograded = job_dir / "autograded" / job.student / course.assignment / f"{course.notebook}.ipynb"
     if error or not autograded.exists():
         result.reason = f"nbgrader autograde failed ({error or 'no autograded notebook'}); see worker.log"
@@ -269,9 +316,10 @@ def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
     nb = nbformat.read(autograded, as_version=4)
     notes, review = _cell_problems(nb, job.cell_timeout_s)
     result.notes += notes
-    result.review += review
+    result.review += review + [reason for reason in [gpu.gpu_reason(nb)] if reason]
     result.cell_seconds = cell_seconds(nb)
-    feedback_error = _run_app(GenerateFeedback, cfg, course.assignment, job.student, log)
+    feedback_error = _run_app(GenerateFeedback, nbgrader_config(job.cell_timeout_s), course.assignment,
+                              job.student, log)
     if feedback_error:
         result.notes.append(f"no feedback file: nbgrader generate_feedback failed ({feedback_error})")
     return True

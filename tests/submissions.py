@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 
+import nbformat
+
+from gpu_sample import gpu_edits
+from grader.course import load
 from grader.samples import (ALL, DEMO_CLASS, HANDOUT_H, Sample, delete_cells, max_points,  # noqa: F401
                             one_big_cell, reference_answers, strip_nbgrader, then, truncate, write_samples)
 
@@ -108,6 +112,8 @@ SAMPLES: list[Sample] = [
                              "answer_split": SPLIT.format(n=8, fc="nn.Linear(2048, 1000)")},
            {"check_h": 2}, says="provided cells edited, nbgrader puts the originals back: check_h"),
     Sample("xplique_first", transform=import_xplique_first),
+    # Written on a Colab GPU (device='cuda', .cuda(), ...): on the CPU-only grader, full marks.
+    Sample("gpu_written", gpu_edits(reference_answers(nbformat.read(load().source_notebook, as_version=4)))),
     Sample("renamed", filename="Copy of craft_lab (1).ipynb", says="submitted as 'Copy of craft_lab (1).ipynb'"),
     Sample("metadata_stripped", transform=strip_nbgrader(), says="nbgrader metadata was missing"),
     Sample("metadata_stripped_answer_gone", transform=then(delete_cells("answer_plot_maps"), strip_nbgrader()),

@@ -1,0 +1,59 @@
+"""Tell, in an autograded notebook, the failures that come from the grader having no GPU.
+
+The grading kernel lets the CPU stand in for CUDA (kernel_boot.py), which covers what the lab
+and a Colab student usually write. What it does not cover still fails on a CPU-only grader,
+with an error naming CUDA, the NVIDIA driver or a GPU ("Found no NVIDIA driver on your
+system", "Torch not compiled with CUDA enabled", "CUDA error: ...", "Expected all tensors to
+be on the same device, ... cuda:0 and cpu", a check saying "pass device='cuda'"), or with
+such a warning on stderr in a graded cell (which nbgrader scores 0). Such a notebook may be right on a GPU: its score here cannot be trusted, so the submission goes to
+review with the reason gpu_reason() gives, never silently graded.
+"""
+from __future__ import annotations
+
+import re
+
+# Words that only a device problem puts in an error message.
+GPU_WORDS = re.compile(r"cuda|nvidia|cudnn|cublas|nccl|\bgpus?\b", re.IGNORECASE)
+SHOWN = 3  # cells named in the reason
+
+
+def _label(cell, index: int) -> str:
+    meta = cell.get("metadata", {}).get("nbgrader", {}) or {}
+    return meta.get("grade_id") or cell.get("id") or f"cell {index}"
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def gpu_failures(nb) -> list[tuple[str, str]]:
+    """(cell, message) for each code cell whose error, or stderr in a graded cell, names CUDA or a GPU."""
+    found = []
+    for index, cell in enumerate(nb["cells"]):
+        if cell.get("cell_type") != "code":
+            continue
+        graded = (cell.get("metadata", {}).get("nbgrader", {}) or {}).get("grade", False)
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                text = f"{out.get('ename', '')}: {out.get('evalue', '')}"
+            elif graded and out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = f"stderr: {out.get('text', '')}"
+            else:
+                continue
+            if GPU_WORDS.search(text):
+                found.append((_label(cell, index), _short(text)))
+                break
+    return found
+
+
+def gpu_reason(nb) -> str | None:
+    """The reason for a `review` status if the notebook failed for want of a GPU, else None."""
+    failures = gpu_failures(nb)
+    if not failures:
+        return None
+    shown = "; ".join(f"{label} ({text})" for label, text in failures[:SHOWN])
+    if len(failures) > SHOWN:
+        shown += f"; and {len(failures) - SHOWN} more cell(s)"
+    return (f"needs a GPU the grader does not have: {shown}; points from {failures[0][0]} on "
+            "may be missing: check by hand or grade on a GPU")
