@@ -120,7 +120,7 @@ def test_stamp_links_rewrites_a_changed_repository(course, tmp_path):
 
 
 def nbgrader_validate(path: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
-    env = run_env(work=tmp_path, n_images=4)
+    env = run_env(work=tmp_path)
     return subprocess.run([tool("nbgrader"), "validate", *flags, str(path)], cwd=GRADER_DIR,
                           env=env, capture_output=True, text=True, timeout=1800)
 
