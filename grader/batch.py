@@ -19,6 +19,7 @@ the main gradebook are kept, as nbgrader autograde keeps them.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -179,11 +180,58 @@ def gradebooks_phase(course: Course, folders: Folders, roster: dict) -> dict[str
     return max_tests
 
 
+REFERENCE = "_reference"  # the reference run's job folder (no student id starts with "_")
+
+
+def _probe_seed(folders: Folders) -> int:
+    """The batch's secret probe seed: made once per output folder, kept for later runs and regrades."""
+    path = folders.job(REFERENCE).parent / "probe_seed"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(secrets.randbits(31)))
+    return int(path.read_text())
+
+
+def reference_phase(course: Course, opts: Options, settings: Settings, folders: Folders, echo) -> Path:
+    """Run the reference answers through the very pipeline students go through: the trusted
+    artefacts every submission is verified against. Returns the reference's run folder."""
+    from . import artefacts, samples, verify
+
+    job_dir = folders.job(REFERENCE)
+    shutil.rmtree(job_dir, ignore_errors=True)
+    job_dir.mkdir(parents=True)
+    release_nb = folders.template / "release" / course.assignment / f"{course.notebook}.ipynb"
+    source = nbformat.read(course.source_notebook, as_version=4)
+    submission = job_dir / "incoming" / f"{course.notebook}.ipynb"
+    submission.parent.mkdir()
+    submission.write_bytes(samples.Sample(REFERENCE).build(nbformat.read(release_nb, as_version=4),
+                                                           samples.reference_answers(source)))
+    score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
+    worker.Job(student=REFERENCE, source=str(submission), release=str(release_nb),
+               cell_timeout_s=settings.cell_timeout_s, allow_unsafe=bool(settings.protections_off),
+               probe_seed=_probe_seed(folders)).write(job_dir)
+    echo("Reference run: the reference answers through the same sandbox and checks, for verification...")
+    result = worker.run_job(job_dir, _env(course, opts, settings, job_dir), settings.notebook_timeout_s)
+    autograded = job_dir / "autograded" / REFERENCE / course.assignment / f"{course.notebook}.ipynb"
+    problems = [result.reason] if result.status == "failed" else verify.reference_problems(
+        artefacts.load_run(job_dir / "run"), artefacts.cell_outputs(nbformat.read(autograded, as_version=4)))
+    if problems or result.total() < sum(result.max_tests.values()):
+        raise SystemExit("The reference answers do not pass in this grading setup, so no submission can be "
+                         f"verified. See {job_dir / worker.LOG}. Problems: {'; '.join(problems) or result.reason}")
+    echo(f"Reference run: full marks, artefacts verified ({result.seconds:.0f} s).")
+    return job_dir / "run"
+
+
+def _env(course: Course, opts: Options, settings: Settings, job_dir: Path) -> dict[str, str]:
+    return grading_env(course, job_dir, online=opts.online, n_images=settings.n_images,
+                       threads=settings.threads, gpu_stand_in=True)
+
+
 def _wants_regrade(opts: Options, sid: str) -> bool:
     return opts.regrade is True or (isinstance(opts.regrade, list) and sid in opts.regrade)
 
 
-def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folders, found, echo):
+def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folders, found, reference: Path, echo):
     """Job folders for what needs grading; results kept from an earlier run for the rest."""
     kept: dict[str, GradingResult] = {}
     todo = []
@@ -199,7 +247,8 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folde
         job_dir.mkdir(parents=True)
         score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
         worker.Job(student=sid, source=str(f.path), release=str(release_nb), cell_timeout_s=settings.cell_timeout_s,
-                   file=f.relpath, sha256=f.sha256, allow_unsafe=bool(settings.protections_off)).write(job_dir)
+                   file=f.relpath, sha256=f.sha256, allow_unsafe=bool(settings.protections_off),
+                   probe_seed=_probe_seed(folders), reference_run=str(reference)).write(job_dir)
         todo.append((sid, f, job_dir))
     if kept:
         echo(f"{len(kept)} submissions already graded in {opts.out} (same files): kept. "
@@ -271,8 +320,7 @@ def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, m
     with ThreadPoolExecutor(max_workers=settings.workers) as pool:
         futures = {}
         for sid, f, job_dir in todo:
-            env = grading_env(course, job_dir, online=opts.online, n_images=settings.n_images,
-                              threads=settings.threads, gpu_stand_in=True)
+            env = _env(course, opts, settings, job_dir)
             futures[pool.submit(worker.run_job, job_dir, env, settings.notebook_timeout_s, running)] = \
                 (sid, f, job_dir)
         pending = set(futures)
@@ -330,12 +378,14 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     found, roster = collect_phase(course, opts, folders.out, echo)
     max_tests = gradebooks_phase(course, folders, roster)
     tests = tests_in_order(course, max_tests)
-    kept, todo = jobs_phase(course, opts, settings, folders, found, echo)
+    if opts.online:
+        prefetch_online(course, grading_env(course, online=True, n_images=settings.n_images), echo)
+    kept, todo = jobs_phase(course, opts, settings, folders, found, folders.job(REFERENCE) / "run", echo)
+    if todo:
+        reference_phase(course, opts, settings, folders, echo)
     echo(f"Grading {len(todo)} submissions with {settings.workers} worker(s), "
          f"{'online' if opts.online else 'offline'}, {settings.n_images} images, limits "
          f"{settings.cell_timeout_s} s per cell and {settings.notebook_timeout_s} s per notebook")
-    if opts.online and todo:
-        prefetch_online(course, grading_env(course, online=True, n_images=settings.n_images), echo)
     merger = Merger(course, folders, todo, roster, tests, max_tests, echo)
     grade_phase(course, opts, settings, todo, merger)
     results = list({**kept, **merger.results}.values())

@@ -16,11 +16,15 @@ before keep their points, the later ones score 0.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
+from nbformat.v4 import new_code_cell
 from nbgrader.preprocessors import Execute
-from traitlets import Unicode
+from traitlets import Integer, Unicode
+
+from . import artefacts
 
 # What the grader learns while running a cell, kept in that cell's metadata so that the
 # autograded notebook itself says it (worker.py reads it back): {"seconds": 12.3}.
@@ -43,6 +47,11 @@ class ResilientExecute(Execute):
 
     run_dir = Unicode("", help="The kernel's working folder (its only writable place in the sandbox), "
                                "instead of the notebook's folder. Empty: the notebook's folder.").tag(config=True)
+    probe_seed = Integer(None, allow_none=True,
+                         help="Seed of the secret probe. When set, the capture snippets of "
+                              "grader/artefacts.py run after their cells and save the artefacts the "
+                              "trusted verifier checks; the probe is written into run_dir just "
+                              "before the first snippet that reads it.").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         self._stopped: str | None = None
@@ -66,6 +75,27 @@ class ResilientExecute(Execute):
             self.log.warning("could not kill the kernel: %s", exc)
 
     def preprocess_cell(self, cell, resources, index):
+        cell, resources = self._run_cell(cell, resources, index)
+        snippet = artefacts.CAPTURES.get(cell_label(cell, index)) if self.probe_seed is not None else None
+        if snippet and not self._stopped:
+            stop = self._capture(cell_label(cell, index), snippet, resources, index)
+            cell.outputs += stop  # a kernel that died or hung there shows on this cell
+        return cell, resources
+
+    def _capture(self, label: str, snippet: str, resources, index) -> list:
+        """Run one capture snippet in the kernel, as a cell of its own that the notebook never
+        holds; return the error outputs saying the kernel died or hung in it (else none)."""
+        if label == artefacts.PROBE_BEFORE:
+            artefacts.write_probe(Path(self.run_dir or resources["metadata"]["path"]), self.probe_seed)
+        capture = new_code_cell(snippet, metadata={"nbgrader": {"grade_id": label}})
+        real = self.nb.cells[index]
+        try:
+            self._run_cell(capture, resources, index)
+        finally:
+            self.nb.cells[index] = real  # nbclient stores the cell it ran at its index
+        return [out for out in capture.outputs if out.get("ename") in (KERNEL_DIED, KERNEL_HUNG)]
+
+    def _run_cell(self, cell, resources, index):
         if cell.cell_type != "code" or not cell.source.strip():
             return super().preprocess_cell(cell, resources, index)
         label = cell_label(cell, index)

@@ -21,7 +21,8 @@ class GradingResult:
     reason: str = ""                       # why review or failed, one line
     notes: list[str] = field(default_factory=list)    # worth knowing, no action needed
     review: list[str] = field(default_factory=list)   # what a person should look at
-    tests: dict[str, float | None] = field(default_factory=dict)  # grade_id -> automatic score
+    tests: dict[str, float | None] = field(default_factory=dict)  # grade_id -> automatic score (verified)
+    kernel_tests: dict[str, float | None] = field(default_factory=dict)  # what the kernel's checks said: a hint
     max_tests: dict[str, float] = field(default_factory=dict)
     cell_seconds: dict[str, float] = field(default_factory=dict)
     file: str = ""                         # path relative to the submissions folder

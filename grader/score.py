@@ -78,6 +78,18 @@ def auto_scores(gradebook: Path, assignment: str, student: str) -> dict[str, flo
     return {name: cell.auto for name, cell in cell_scores(gradebook, assignment)[student].items()}
 
 
+def set_auto_scores(gradebook: Path, assignment: str, student: str, scores: dict[str, float]) -> None:
+    """Write the automatic scores the trusted verifier decided over nbgrader's in-kernel ones."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(db_url(gradebook)) as gb:
+        for nb in gb.find_submission(assignment, student).notebooks:
+            for grade in nb.grades:
+                if grade.name in scores:
+                    grade.auto_score = scores[grade.name]
+        gb.db.commit()
+
+
 def cell_scores(gradebook: Path, assignment: str) -> dict[str, dict[str, CellScore]]:
     """Every submission's graded cells: student -> grade_id -> CellScore (auto and manual apart)."""
     from nbgrader.api import Gradebook

@@ -38,6 +38,7 @@ RESULT = "result.json"
 JOB = "job.json"
 BOOT = "/opt/craft-lab/kernel_boot.py"  # where the kernel's entry point is bound in the sandbox
 LOG = "worker.log"
+VERIFICATION = "verification.json"  # each graded cell's verdict and any tampering evidence
 MARKER = "CRAFT_LAB_JOB"
 
 
@@ -133,7 +134,7 @@ def _wait(proc: subprocess.Popen, timeout_s: float, marker: str) -> bool:
 
 # ----------------------------------------------------------------------------- child side
 
-def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=None):
+def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=None, probe_seed: int | None = None):
     """nbgrader_config.py, plus this module's settings: hidden tests removed before the notebook
     is written or run (the kernel never sees them, nor does the feedback page), our Execute,
     the kernel in run_dir and, when given, in the sandbox."""
@@ -156,6 +157,7 @@ def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=No
     extra.ResilientExecute.timeout = int(cell_timeout_s)
     if run_dir is not None:
         extra.ResilientExecute.run_dir = str(run_dir)
+        extra.ResilientExecute.probe_seed = probe_seed
     extra.HTMLExporter.template_name = "feedback"
     cfg.merge(extra)
     if sandbox is not None:
@@ -192,6 +194,8 @@ class Job:
     file: str = ""
     sha256: str = ""
     allow_unsafe: bool = False   # grade even where the sandbox lacks a protection (the TA said so)
+    probe_seed: int | None = None  # the batch's secret probe (None: no captures, no verification)
+    reference_run: str = ""      # run folder of the batch's trusted reference run ("": this IS it)
 
     def write(self, job_dir: Path) -> None:
         write_json(job_dir / JOB, asdict(self))
@@ -290,21 +294,26 @@ def _sandbox(job: Job, run_dir: Path):
     names = (*craftlab.VARIABLES, CUDA_ON_CPU, *course_mod.THREAD_VARS, "PYTHONUNBUFFERED")
     env = {name: os.environ[name] for name in names if name in os.environ}
     env["NBGRADER_EXECUTION"] = "autograde"
-    return Sandbox(run_dir, Limits.load(), env=env, binds={GRADER_DIR / "kernel_boot.py": BOOT},
-                   boot=BOOT, allow_unsafe=job.allow_unsafe)
+    binds = {GRADER_DIR / "kernel_boot.py": BOOT}
+    settings = craftlab.Settings.from_env()
+    if not settings.offline:  # no network inside: the images and weights the batch fetched, read-only
+        torch_home = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch")
+        binds |= {settings.data_dir: settings.data_dir, torch_home: torch_home}
+        env["TORCH_HOME"] = str(torch_home)
+    return Sandbox(run_dir, Limits.load(), env=env, binds=binds, boot=BOOT, allow_unsafe=job.allow_unsafe)
 
 
 def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
     """nbgrader autograde in the sandbox (kernel events land in the notebook), then generate_feedback."""
     import nbformat
-    from nbgrader.converters import Autograde, GenerateFeedback
+    from nbgrader.converters import Autograde
 
     course = course_mod.load()
     log = _logger(job.student)
     run_dir = _run_dir(job_dir)
     with _sandbox(job, run_dir) as sandbox:
         os.environ.update(sandbox.jupyter_env())
-        error = _run_app(Autograde, nbgrader_config(job.cell_timeout_s, run_dir, sandbox),
+        error = _run_app(Autograde, nbgrader_config(job.cell_timeout_s, run_dir, sandbox, job.probe_seed),
                          course.assignment, job.student, log)
         left = sandbox.cleanup()
     if left:
@@ -318,11 +327,40 @@ def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
     result.notes += notes
     result.review += review + [reason for reason in [gpu.gpu_reason(nb)] if reason]
     result.cell_seconds = cell_seconds(nb)
-    feedback_error = _run_app(GenerateFeedback, nbgrader_config(job.cell_timeout_s), course.assignment,
-                              job.student, log)
-    if feedback_error:
-        result.notes.append(f"no feedback file: nbgrader generate_feedback failed ({feedback_error})")
     return True
+
+
+def _feedback(job: Job, result: GradingResult) -> None:
+    from nbgrader.converters import GenerateFeedback
+
+    course = course_mod.load()
+    error = _run_app(GenerateFeedback, nbgrader_config(job.cell_timeout_s), course.assignment, job.student,
+                     _logger(job.student))
+    if error:
+        result.notes.append(f"no feedback file: nbgrader generate_feedback failed ({error})")
+
+
+def _verify(job: Job, job_dir: Path, result: GradingResult) -> None:
+    """The trusted side: each graded cell's points from the artefacts the kernel saved, compared
+    with the batch's reference run; the in-kernel scores only serve to spot tampering."""
+    import nbformat
+
+    from . import artefacts, score, verify
+
+    course = course_mod.load()
+    autograded = job_dir / "autograded" / job.student / course.assignment / f"{course.notebook}.ipynb"
+    nb = nbformat.read(autograded, as_version=4)
+    verdicts = verify.verify(artefacts.load_run(job_dir / "run"), artefacts.load_run(Path(job.reference_run)),
+                             artefacts.cell_outputs(nb))
+    scores, evidence = verify.decide(verdicts, {t: v or 0.0 for t, v in result.kernel_tests.items()},
+                                     result.max_tests)
+    score.set_auto_scores(job_dir / "gradebook.db", course.assignment, job.student, scores)
+    result.tests = scores
+    result.review += [f"possible tampering: {e.summary()}" for e in evidence]
+    write_json(job_dir / VERIFICATION, {"verdicts": {g: v.to_dict() for g, v in verdicts.items()},
+                                        "evidence": [e.to_dict() for e in evidence]})
+    verify.annotate(nb, verdicts)
+    nbformat.write(nb, autograded)
 
 
 def grade_here(job_dir: Path) -> GradingResult:
@@ -334,11 +372,16 @@ def grade_here(job_dir: Path) -> GradingResult:
     if not _submit(job, job_dir, result) or not _autograde(job, job_dir, result):
         return result
     gradebook = job_dir / "gradebook.db"
-    result.tests = score.auto_scores(gradebook, course.assignment, job.student)
+    result.kernel_tests = score.auto_scores(gradebook, course.assignment, job.student)
     result.max_tests = score.max_scores(gradebook, course.assignment)
-    unscored = sorted(t for t, v in result.tests.items() if v is None)
-    if unscored:
-        result.review.append(f"nbgrader could not score {', '.join(unscored)} (counted as 0)")
+    if job.reference_run:
+        _verify(job, job_dir, result)
+    else:  # the reference run itself (trusted code), or verification off in a test
+        result.tests = dict(result.kernel_tests)
+        unscored = sorted(t for t, v in result.tests.items() if v is None)
+        if unscored:
+            result.review.append(f"nbgrader could not score {', '.join(unscored)} (counted as 0)")
+    _feedback(job, result)
     return result.conclude()
 
 
