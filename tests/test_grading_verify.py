@@ -1,28 +1,20 @@
 """The trusted verifier (grader/verify.py) on the artefacts of grader/artefacts.py.
 
-Two halves:
-- fast unit tests on small synthetic artefact dicts (no kernel), and on the capture snippet
-  and the artefact reader;
-- five real runs of the student notebook (offline, 2 images, hidden tests stripped, the
-  capture snippets inserted after their cells, as the grader runs them): the reference, the
-  handout's fresh nn.Linear head, the handout's forgotten model.eval(), a wrong patch size,
-  and a tampering notebook (an unseeded fit that removes every later assert). ~4 min on 2 cores.
+Fast unit tests on small synthetic artefact dicts (no kernel), and on the capture snippet and
+the artefact reader. The verifier on real runs, through the whole grading pipeline, is tested
+by the sample submissions (test_grading_batch.py) and the tamper suite (test_grading_tamper.py).
 """
 from __future__ import annotations
 
 import io
-import json
-import time
 import zipfile
-from datetime import datetime
-from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
 
-from conftest import COURSE, build_submission, reference_answers, run_env
-from grader import artefacts, course as course_mod, verify
+from conftest import COURSE
+from grader import artefacts, verify
 from grader.samples import max_points
 from submissions import SAMPLES
 
@@ -358,175 +350,3 @@ def test_cell_outputs_counts_figures_and_errors_per_cell():
                                                      {"output_type": "display_data", "data": {"text/plain": "x"}}]},
         {"cell_type": "markdown", "id": "c", "source": ""}]}
     assert artefacts.cell_outputs(nb) == {"a": artefacts.Shown(1, False), "b": artefacts.Shown(0, True)}
-
-
-# ============================================================================ real runs
-
-N_IMAGES = 2
-PROBE_SEED = 20261128
-THREADS = 1
-CAPTURE_TAG = "craft_lab_capture"
-
-# The tampering notebook: an unseeded fit (a wrong answer), and an IPython input transformer
-# that turns every assert of every later cell into `pass`: the in-kernel checks all pass.
-TAMPER_FIT = '''import ast
-from IPython import get_ipython
-
-class _NoAsserts(ast.NodeTransformer):
-    def visit_Assert(self, node):
-        return ast.Pass()
-
-def _no_asserts(lines):
-    try:
-        tree = ast.parse("".join(lines))
-    except SyntaxError:
-        return lines
-    return [line + "\\n" for line in ast.unparse(_NoAsserts().visit(tree)).splitlines()]
-
-get_ipython().input_transformers_post.append(_no_asserts)
-crops, crops_u, concept_bank_w = craft.fit(images_preprocessed, class_id=RABBIT_CLASS)'''
-
-RUNS = {  # name -> (answer edits, the sample whose points it must get)
-    "reference": ({}, "reference"),
-    "handout_h": (SAMPLE["handout_h"].edits, "handout_h"),
-    "train_mode": (SAMPLE["train_mode"].edits, "train_mode"),
-    "patch_64": (SAMPLE["patch_64"].edits, "patch_64"),
-    "tampered": ({"answer_fit": TAMPER_FIT}, "fit_unseeded"),
-}
-
-
-def strip_hidden_tests(nb) -> None:
-    from nbgrader.preprocessors import ClearHiddenTests
-
-    ClearHiddenTests().preprocess(nb, {})
-    assert not any("BEGIN HIDDEN TESTS" in cell.source for cell in nb.cells)
-
-
-def insert_captures(nb) -> None:
-    """The capture snippets as extra cells right after their cells (the grader runs them from
-    its Execute preprocessor instead: same kernel, same moment)."""
-    for cell_id, source in artefacts.CAPTURES.items():
-        index = [c.get("id") for c in nb.cells].index(cell_id)
-        snippet = nbformat.v4.new_code_cell(source, id=f"capture-{cell_id}".replace("_", "-"))
-        snippet.metadata[CAPTURE_TAG] = True
-        nb.cells.insert(index + 1, snippet)
-
-
-def in_kernel_scores(nb) -> dict[str, float]:
-    """nbgrader's rule for a test cell: full points unless it has an error or wrote to stderr."""
-    scores = {}
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("grade"):
-            bad = any(o.output_type == "error" or o.get("name") == "stderr" for o in cell.outputs)
-            scores[meta["grade_id"]] = 0.0 if bad else float(meta["points"])
-    return scores
-
-
-def seconds(cell) -> float:
-    timing = cell.metadata.get("execution", {})
-    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
-    if not (start and end):
-        return 0.0
-    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
-    return (parse(end) - parse(start)).total_seconds()
-
-
-def execute(name: str, edits: dict[str, str], folder: Path) -> dict:
-    from nbclient import NotebookClient
-
-    run_dir = folder / name
-    answers = {**reference_answers(), **edits}
-    nb = nbformat.read(build_submission(run_dir / "craft_lab.ipynb", answers), as_version=4)
-    strip_hidden_tests(nb)
-    insert_captures(nb)
-    (run_dir / "craftlab.py").write_bytes((COURSE.source_dir / "craftlab.py").read_bytes())
-    artefacts.write_probe(run_dir, PROBE_SEED)
-    env = run_env(n_images=N_IMAGES)
-    env.update({"NBGRADER_EXECUTION": "autograde", **{v: str(THREADS) for v in course_mod.THREAD_VARS}})
-    started = time.monotonic()
-    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(run_dir)}}).execute(env=env)
-    nbformat.write(nb, run_dir / "executed.ipynb")
-    captures = {c.id: seconds(c) for c in nb.cells if c.metadata.get(CAPTURE_TAG)}
-    return {"artefacts": artefacts.load_run(run_dir), "plots": artefacts.cell_outputs(nb),
-            "in_kernel": in_kernel_scores(nb), "captures": captures, "total": time.monotonic() - started,
-            "capture_outputs": [o for c in nb.cells if c.metadata.get(CAPTURE_TAG) for o in c.outputs]}
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("verify-runs")
-    done = {name: execute(name, edits, folder) for name, (edits, _) in RUNS.items()}
-    timing = {name: {"total_s": round(run["total"], 1), "captures_s": round(sum(run["captures"].values()), 2),
-                     "slowest": max(run["captures"].items(), key=lambda kv: kv[1])} for name, run in done.items()}
-    print("\nrun timings:", json.dumps(timing, indent=1))
-    return done
-
-
-def graded(runs, name: str):
-    started = time.perf_counter()
-    verdicts = verify.verify(runs[name]["artefacts"], runs["reference"]["artefacts"], runs[name]["plots"])
-    scores, evidence = verify.decide(verdicts, runs[name]["in_kernel"], MAX_POINTS)
-    print(f"\n{name}: verify + decide {1000 * (time.perf_counter() - started):.0f} ms; failed: {failing(verdicts)}")
-    return verdicts, scores, evidence
-
-
-@pytest.mark.slow
-def test_the_captures_run_quietly_and_the_reference_captures_every_artefact(runs):
-    reference = runs["reference"]
-    # no error, nothing on stderr (TensorFlow's logger may still print its retracing notes)
-    assert [o for o in reference["capture_outputs"] if o.output_type == "error" or o.get("name") == "stderr"] == []
-    missing = {name: str(reference["artefacts"].get(artefacts.ERROR_PREFIX + name, "no file"))
-               for name in artefacts.NAMES if name not in reference["artefacts"]}
-    assert missing == {}
-
-
-@pytest.mark.slow
-def test_the_reference_gets_full_verified_points(runs):
-    assert runs["reference"]["in_kernel"] == MAX_POINTS
-    assert verify.reference_problems(runs["reference"]["artefacts"], runs["reference"]["plots"]) == []
-    _, scores, evidence = graded(runs, "reference")
-    assert scores == MAX_POINTS and evidence == []
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["handout_h", "train_mode", "patch_64"])
-def test_each_wrong_answer_loses_exactly_its_own_cells_points(runs, name):
-    _, scores, evidence = graded(runs, name)
-    assert scores == SAMPLE[RUNS[name][1]].expected(SOURCE)
-    assert evidence == []  # wrong answers, honestly run: no tampering
-
-
-@pytest.mark.slow
-def test_the_handouts_head_passes_in_the_kernel_and_fails_a_hidden_property(runs):
-    verdicts, _, evidence = graded(runs, "handout_h")
-    assert runs["handout_h"]["in_kernel"]["check_h"] == MAX_POINTS["check_h"]
-    assert [(c.name, c.visible) for c in verdicts["check_h"].failed()] == [("h(g(x)) == model(x)", False)]
-    assert evidence == []
-
-
-@pytest.mark.slow
-def test_the_tampering_notebook_gets_0_on_the_forged_cell_and_is_flagged(runs):
-    assert runs["tampered"]["in_kernel"] == MAX_POINTS  # every in-kernel check was defeated
-    _, scores, evidence = graded(runs, "tampered")
-    assert scores == SAMPLE["fit_unseeded"].expected(SOURCE)
-    assert [e.grade_id for e in evidence] == ["check_fit"]
-    assert {c.name for c in evidence[0].checks} >= {"numpy seeded right before fit"}
-    print("evidence:", evidence[0].summary())
-
-
-SAME_COMPUTATION = ("split.g", "split.model", "transform.out", "preprocess.rows", "fit.u", "fit.w",
-                    "importance.value", "split3.g", "fit3.u", "fit3.w", "fit3.importances",
-                    "local.value", "setup.u_images", "deletion.curve", "deletion.random_curves")
-
-
-@pytest.mark.slow
-def test_the_same_computation_in_two_runs_agrees_within_SAME(runs):
-    """The measurement behind verify.SAME: the handout-h run equals the reference everywhere
-    after the split (its wrong split is replaced under autograde)."""
-    ref, other = runs["reference"]["artefacts"], runs["handout_h"]["artefacts"]
-    gaps = {name: verify._max_gap(other[name], ref[name]) / max(float(np.abs(ref[name]).max()), 1e-30)
-            for name in SAME_COMPUTATION}
-    print("\nrelative gaps between two runs:", {k: f"{v:.3g}" for k, v in gaps.items()})
-    assert max(gaps.values()) <= verify.SAME

@@ -1,14 +1,13 @@
 """The source notebook is the single truth; the student notebook is generated from it and in sync."""
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import ROOT, run_env
+from conftest import run_env
 from grader import release
 from grader.course import GRADER_DIR, tool
 
