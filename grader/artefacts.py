@@ -378,12 +378,16 @@ class Shown:
 
 
 def cell_outputs(nb) -> dict[str, Shown]:
-    """Cell id -> what that code cell shows, read from an executed notebook's JSON."""
+    """Cell -> what that code cell shows, read from an executed notebook's JSON. Cells are named
+    by their nbgrader grade_id (which the grader's repair puts back when an editor dropped the
+    metadata and the cell ids with it), else by their cell id."""
     shown = {}
     for cell in nb["cells"]:
-        if cell.get("cell_type") == "code" and cell.get("id"):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        name = (meta.get("grade_id") if isinstance(meta, dict) else None) or cell.get("id")
+        if cell.get("cell_type") == "code" and name:
             outputs = cell.get("outputs", [])
-            shown[cell["id"]] = Shown(
+            shown[name] = Shown(
                 figures=sum(1 for out in outputs if any(kind.startswith("image/") for kind in out.get("data", {}))),
                 error=any(out.get("output_type") == "error" for out in outputs))
     return shown

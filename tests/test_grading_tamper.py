@@ -7,6 +7,7 @@ finishes and the main gradebook holds only what the trusted side wrote.
 """
 from __future__ import annotations
 
+import html
 import http.server
 import sqlite3
 import threading
@@ -101,12 +102,30 @@ def test_no_submission_reached_the_network(graded, server, course):
     assert "NETWORK REACHED: []" in output_of(out, course, "limit_network")
 
 
+def hidden_lines(course) -> set[str]:
+    """The lines only the source notebook's hidden tests hold (not blanks, markers, or lines
+    that also stand in the visible code or the reference answers, which submissions carry)."""
+    hidden, public, inside = set(), set(), False
+    for cell in nbformat.read(course.source_notebook, as_version=4).cells:
+        for line in cell.source.splitlines():
+            inside = (inside or "BEGIN HIDDEN TESTS" in line) and "END HIDDEN TESTS" not in line
+            (hidden if inside else public).add(line.strip())
+    return {line for line in hidden - public if len(line) > 25 and "HIDDEN TESTS" not in line}
+
+
 def test_nothing_outside_the_submissions_folder_was_read_and_no_hidden_test_leaked(graded, course):
     _, out, samples = graded
     assert "FILES READ OUTSIDE: []" in output_of(out, course, "limit_read_outside")
+    hidden = hidden_lines(course)
+    assert len(hidden) > 20, "the source notebook's hidden tests were not found"
     for sample in samples:
-        page = (out / "feedback" / sample.name / f"{course.notebook}.html").read_text()
-        assert "HIDDEN TESTS" not in page and "BEGIN SOLUTION" not in page, sample.name
+        path = out / "nbgrader" / "autograded" / sample.name / course.assignment / f"{course.notebook}.ipynb"
+        cells = nbformat.read(path, as_version=4).cells
+        shown = [c.source for c in cells] + [o.get("text", "") for c in cells for o in c.get("outputs", [])]
+        lines = {line.strip() for text in shown for line in text.splitlines()}
+        page = html.unescape((out / "feedback" / sample.name / f"{course.notebook}.html").read_text())
+        assert not any(text.startswith("LEAKED:") for text in lines), sample.name
+        assert "### BEGIN HIDDEN TESTS" not in page and hidden & lines == set(), sample.name
 
 
 def test_nothing_was_written_outside_the_submissions_folder(graded, course):
