@@ -111,10 +111,10 @@ SAMPLES: list[Sample] = [
     Sample("locked_edited", {"check_h": "print('OK: trust me')",
                              "answer_split": SPLIT.format(n=8, fc="nn.Linear(2048, 1000)")},
            {"check_h": 2}, says="provided cells edited, nbgrader puts the originals back: check_h"),
-    Sample("xplique_first", transform=import_xplique_first),
+    Sample("xplique_first", transform=import_xplique_first, filename="Copy of craft_lab (1).ipynb",
+           says="submitted as 'Copy of craft_lab (1).ipynb'"),
     # Written on a Colab GPU (device='cuda', .cuda(), ...): on the CPU-only grader, full marks.
     Sample("gpu_written", gpu_edits(reference_answers(nbformat.read(load().source_notebook, as_version=4)))),
-    Sample("renamed", filename="Copy of craft_lab (1).ipynb", says="submitted as 'Copy of craft_lab (1).ipynb'"),
     Sample("metadata_stripped", transform=strip_nbgrader(), says="nbgrader metadata was missing"),
     Sample("metadata_stripped_answer_gone", transform=then(delete_cells("answer_plot_maps"), strip_nbgrader()),
            lost={"check_plots": 2}, status="review", says="answer cells not found: answer_plot_maps"),
