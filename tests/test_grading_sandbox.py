@@ -411,3 +411,22 @@ def test_torch_and_tensorflow_import_with_the_default_limits(caps, run_dir, mech
         out = run(sb, "import torch, torchvision\nimport tensorflow as tf\n"
                       "print(float(tf.reduce_sum(tf.ones((2, 2)))), float(torch.ones(3).sum()))", timeout=180)
     assert out[0] == "4.0 3.0", out
+
+
+def test_the_batch_refuses_a_machine_missing_a_protection_unless_told_and_then_says_what_is_off(monkeypatch):
+    """`python -m grader grade` checks the machine first; --allow-unsafe grades and says what is off."""
+    from grader import batch, sandbox
+
+    bare = dataclasses.replace(CAPS, bwrap=None, namespaces=False, system="Linux",
+                               namespaces_error="bubblewrap is not installed")
+    monkeypatch.setattr(sandbox, "probe", lambda *args, **kwargs: bare)
+    with pytest.raises(SystemExit) as refused:
+        batch.sandbox_check(allow_unsafe=False)
+    assert "Refusing to grade" in str(refused.value) and "--allow-unsafe" in str(refused.value)
+    assert "apt-get install bubblewrap" in str(refused.value)
+    off = batch.sandbox_check(allow_unsafe=True)
+    assert off and off == tuple(bare.missing())
+    settings = batch.Settings(2, 60, 600, 1, 1, off)
+    lines = batch.unsafe_lines(settings)
+    assert "Protections that were OFF" in lines[1] and all(f"- {line}" in lines for line in off)
+    assert batch.unsafe_lines(dataclasses.replace(settings, protections_off=())) == []
