@@ -1,10 +1,10 @@
 # The CRAFT lab kit. Two commands do everything on a fresh machine:
-#   make demo   set up, generate the student notebook, run the solution offline, autograde it
-#   make test   set up, then run the whole test suite (what CI runs)
+#   make demo   set up, then grade a sample class offline through the batch grader, each score checked
+#   make test   set up, then run the test suite (what CI runs; `make test-full` adds the full-size run)
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo student record check-sync test test-quick clean
+.PHONY: setup demo student record check-sync test test-quick test-full clean
 
 setup:
 	bash scripts/setup.sh
@@ -25,7 +25,10 @@ test: setup
 	$(PY) -m pytest
 
 test-quick: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not fullsize"
+
+test-full: setup
+	$(PY) -m pytest -m fullsize
 
 clean:
 	rm -rf .grading .pytest_cache

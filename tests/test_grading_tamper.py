@@ -11,6 +11,7 @@ import html
 import http.server
 import sqlite3
 import threading
+from pathlib import Path
 
 import nbformat
 import psutil
@@ -128,10 +129,12 @@ def test_nothing_outside_the_submissions_folder_was_read_and_no_hidden_test_leak
         assert "### BEGIN HIDDEN TESTS" not in page and hidden & lines == set(), sample.name
 
 
-def test_nothing_was_written_outside_the_submissions_folder(graded, course):
+def test_nothing_was_written_outside_the_submissions_folder(graded):
+    """Judged on the host: inside, paths under /tmp lie on the sandbox's private /tmp, where a
+    write succeeds and vanishes with the sandbox (the attack's own report may say it wrote)."""
     _, out, _ = graded
-    assert "WRITTEN OUTSIDE: []" in output_of(out, course, "limit_write_outside")
-    for folder in (ROOT, ROOT / "solutions", out):
+    job = out / "work" / "limit_write_outside"
+    for folder in (ROOT, ROOT / "solutions", out, out / "work", job, Path.home(), Path("/var/tmp")):
         assert not (folder / OUTSIDE_FILE).exists(), folder
 
 

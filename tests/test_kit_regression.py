@@ -57,7 +57,7 @@ def test_offline_outputs_say_offline(course):
     assert "NOT meaningful" in text["show_importance"] and "NOT meaningful" in text["check_plots"]
 
 
-@pytest.mark.slow
+@pytest.mark.fullsize  # ~15 min: `make test-full` (CI's budget goes to the grading and tamper suites)
 def test_solution_at_the_handouts_full_size(course, tmp_path):
     """The handout's pipeline at its size: 300 images -> 2700 crops. ~15 min on 2 CPU cores.
 
