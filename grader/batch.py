@@ -236,6 +236,7 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folde
     kept: dict[str, GradingResult] = {}
     todo = []
     release_nb = folders.template / "release" / course.assignment / f"{course.notebook}.ipynb"
+    seed = _probe_seed(folders)
     for sid, f in sorted(found.submissions.items()):
         job_dir = folders.job(sid)
         if (job_dir / MERGED).exists() and not _wants_regrade(opts, sid):
@@ -248,7 +249,7 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folde
         score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
         worker.Job(student=sid, source=str(f.path), release=str(release_nb), cell_timeout_s=settings.cell_timeout_s,
                    file=f.relpath, sha256=f.sha256, allow_unsafe=bool(settings.protections_off),
-                   probe_seed=_probe_seed(folders), reference_run=str(reference)).write(job_dir)
+                   probe_seed=seed, reference_run=str(reference)).write(job_dir)
         todo.append((sid, f, job_dir))
     if kept:
         echo(f"{len(kept)} submissions already graded in {opts.out} (same files): kept. "
