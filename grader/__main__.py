@@ -1,4 +1,4 @@
-"""Command line of the kit: python -m grader {demo,student,record,check-sync,grade}."""
+"""Command line of the kit: python -m grader {demo,student,record,check-sync,grade,export}."""
 from __future__ import annotations
 
 import argparse
@@ -90,9 +90,17 @@ def cmd_grade(args) -> int:
                          roster=args.roster, mapping=args.map, online=args.online, n_images=args.n_images,
                          cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout,
                          regrade=True if args.regrade == [] else (args.regrade or False),
-                         allow_unsafe=args.allow_unsafe)
+                         allow_unsafe=args.allow_unsafe, warm=not args.cold_kernels)
     result = batch.grade(load(), opts)
     return 0 if result.collection.submissions else 1
+
+
+def cmd_export(args) -> int:
+    """Rewrite a graded batch's reports from its gradebook, after manual grading in formgrader."""
+    from . import batch
+
+    batch.export(load(), args.out)
+    return 0
 
 
 def add_grade_parser(sub) -> None:
@@ -118,6 +126,9 @@ def add_grade_parser(sub) -> None:
     p.add_argument("--allow-unsafe", action="store_true",
                    help="grade even though this machine lacks part of the sandbox (no bubblewrap, no user "
                         "namespaces, no cgroup); what is off is said on screen and in summary.md")
+    p.add_argument("--cold-kernels", action="store_true",
+                   help="start every kernel from scratch (each imports torch, TensorFlow and Xplique) instead "
+                        "of forking it from one process that imported them (grader/zygote.py); slower")
 
 
 def main(argv=None) -> int:
@@ -132,9 +143,13 @@ def main(argv=None) -> int:
     sub.add_parser("record", help="re-execute the source notebook offline to record the outputs nbval checks")
     sub.add_parser("check-sync", help="fail if the committed student notebook is stale")
     add_grade_parser(sub)
+    export = sub.add_parser("export", help="after grading the written answers in formgrader: rewrite grades.csv, "
+                                           "results.csv, summary.md and scores.png from the batch's gradebook")
+    export.add_argument("--out", type=Path, default=ROOT / ".grading" / "batch",
+                        help="the output folder of `grade` (default .grading/batch)")
     args = parser.parse_args(argv)
     return {"demo": cmd_demo, "student": cmd_student, "record": cmd_record,
-            "check-sync": cmd_check_sync, "grade": cmd_grade}[args.command](args)
+            "check-sync": cmd_check_sync, "grade": cmd_grade, "export": cmd_export}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,28 @@ CAPTURE_POINTS: tuple[CapturePoint, ...] = (
            importances="importances",
            w="craft.factorization.concept_bank_w",
            concepts="craft.number_of_concepts"),
+    _point("gf_answer_recursion_select", "rec_select",          # gf_check_recursion_select
+           parent="parent",
+           parent_is_int="isinstance(parent, (int, np.integer))",
+           sub_idx="sub_idx",
+           u="crops_u",
+           importances="importances"),
+    _point("gf_answer_recursion_fit", "rec_fit",                # gf_check_recursion_fit
+           is_craft="isinstance(craft_sub, _CraftTorch)",
+           distinct="craft_sub is not craft and craft_sub is not craft3",
+           uses_split3="craft_sub.input_to_latent_model is g3 and craft_sub.latent_to_logit_model is h3",
+           settings="(craft_sub.number_of_concepts, craft_sub.patch_size)",
+           side="images_preprocessed.shape[-1]",
+           sub_idx="sub_idx",
+           crops_shape="tuple(sub_crops.shape)",
+           crops_ends="np.stack([np.asarray(sub_crops[0]), np.asarray(sub_crops[-1])])",
+           source_ends="np.stack([np.asarray(crops[i]) for i in np.asarray(sub_idx)[[0, -1]]])",
+           u="sub_u",
+           w="sub_w",
+           channels="_out(g3, _probe(SMALL)).shape[1]",
+           rng="_fit_rng()",
+           threads="torch.get_num_threads()",
+           class_id="craft_sub.factorization.class_id"),
 )
 
 NAMES: frozenset[str] = frozenset(name for point in CAPTURE_POINTS for name, _ in point.items)

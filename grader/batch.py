@@ -15,9 +15,14 @@ Layout of the output folder (OUT):
 Running the command again on the same OUT continues: submissions already merged, with the
 same file content, are not graded again (--regrade forces it). Manual grades entered in
 the main gradebook are kept, as nbgrader autograde keeps them.
+
+The written answers (graded cells that are also answer cells) are scored by a person in
+formgrader, never here: the reports list them as waiting for manual grading, and export()
+(`python -m grader export --out OUT`) rewrites the reports once a TA has scored them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -30,7 +35,7 @@ from pathlib import Path
 import nbformat
 from nbgrader import utils as nbu
 
-from . import collect, report, score, worker
+from . import collect, report, score, warm, worker
 from .course import Course, grading_env, lab_module
 from .results import STATUSES, GradingResult
 
@@ -50,6 +55,7 @@ class Options:
     notebook_timeout_s: int | None = None  # default: course.toml grading.notebook_timeout_s
     regrade: bool | list[str] = False      # True: all; a list: these student ids
     allow_unsafe: bool = False             # grade even if this machine lacks a sandbox protection
+    warm: bool = True                      # kernels forked from one pre-imported process, where safe (warm.py)
 
 
 @dataclass(frozen=True)
@@ -91,12 +97,14 @@ def sandbox_check(allow_unsafe: bool) -> tuple[str, ...]:
 class Batch:
     results: list[GradingResult]
     scores: report.Points                  # what counts, read from the main gradebook
-    tests: list[str]
-    max_tests: dict[str, float]
+    tests: list[str]                       # the automatically graded cells, in notebook order
+    max_tests: dict[str, float]            # their points
     collection: collect.Collection
     seconds: float
     graded_now: int
     tables: list[str] = field(default_factory=list)
+    manual: dict[str, float] = field(default_factory=dict)    # written answers (graded by a TA) -> points
+    waiting: report.Waiting = field(default_factory=dict)     # student -> written answers not graded yet
 
 
 @dataclass
@@ -164,12 +172,15 @@ def collect_phase(course: Course, opts: Options, out: Path, echo):
 
 
 def gradebooks_phase(course: Course, folders: Folders, roster: dict) -> dict[str, float]:
-    """An empty template gradebook, and the main one (kept across runs); returns the max points."""
+    """An empty template gradebook, and the main one (kept across runs); returns the max points
+    of the automatically graded cells (score.manual_max_scores has the written answers')."""
     shutil.rmtree(folders.template, ignore_errors=True)
     template = score.prepare_gradebook(course, folders.template)
     max_tests = score.max_scores(template, course.assignment)
     if folders.main_db.exists():
-        if score.max_scores(folders.main_db, course.assignment) != max_tests:
+        if score.max_scores(folders.main_db, course.assignment) != max_tests or \
+                score.manual_max_scores(folders.main_db, course.assignment) != \
+                score.manual_max_scores(template, course.assignment):
             raise RuntimeError(f"{folders.main_db} was made for another version of the notebook (other "
                                "tests or points): grade into a new --out folder")
     else:
@@ -192,7 +203,8 @@ def _probe_seed(folders: Folders) -> int:
     return int(path.read_text())
 
 
-def reference_phase(course: Course, opts: Options, settings: Settings, folders: Folders, echo) -> Path:
+def reference_phase(course: Course, opts: Options, settings: Settings, folders: Folders, echo,
+                    zygote: warm.Zygote | None = None) -> Path:
     """Run the reference answers through the very pipeline students go through: the trusted
     artefacts every submission is verified against. Returns the reference's run folder."""
     from . import artefacts, samples, verify
@@ -211,7 +223,7 @@ def reference_phase(course: Course, opts: Options, settings: Settings, folders: 
                cell_timeout_s=settings.cell_timeout_s, allow_unsafe=bool(settings.protections_off),
                probe_seed=_probe_seed(folders)).write(job_dir)
     echo("Reference run: the reference answers through the same sandbox and checks, for verification...")
-    result = worker.run_job(job_dir, _env(course, opts, settings, job_dir), settings.notebook_timeout_s)
+    result = worker.run_job(job_dir, _env(course, opts, settings, job_dir, zygote), settings.notebook_timeout_s)
     autograded = job_dir / "autograded" / REFERENCE / course.assignment / f"{course.notebook}.ipynb"
     problems = [result.reason] if result.status == "failed" else verify.reference_problems(
         artefacts.load_run(job_dir / "run"), artefacts.cell_outputs(nbformat.read(autograded, as_version=4)))
@@ -222,9 +234,20 @@ def reference_phase(course: Course, opts: Options, settings: Settings, folders: 
     return job_dir / "run"
 
 
-def _env(course: Course, opts: Options, settings: Settings, job_dir: Path) -> dict[str, str]:
-    return grading_env(course, job_dir, online=opts.online, n_images=settings.n_images,
-                       threads=settings.threads, gpu_stand_in=True)
+def _env(course: Course, opts: Options, settings: Settings, job_dir: Path,
+         zygote: warm.Zygote | None = None) -> dict[str, str]:
+    env = grading_env(course, job_dir, online=opts.online, n_images=settings.n_images,
+                      threads=settings.threads, gpu_stand_in=True)
+    return env | ({warm.ENV_VAR: str(zygote.folder)} if zygote else {})
+
+
+def warm_kernels(course: Course, opts: Options, settings: Settings, folders: Folders, wanted: bool, echo):
+    """The batch's zygote (a context: None when off), with the kernels' own variables and binds."""
+    if not (wanted and opts.warm) or settings.protections_off:
+        return contextlib.nullcontext()
+    work = folders.job(REFERENCE).parent
+    env, binds = worker.sandbox_spec(_env(course, opts, settings, work))
+    return warm.start([work], env, binds, work / "zygote.log", echo)
 
 
 def _wants_regrade(opts: Options, sid: str) -> bool:
@@ -315,13 +338,14 @@ class Merger:
                 f"~{_clock(left)} left{why}")
 
 
-def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, merger: Merger) -> None:
+def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, merger: Merger,
+                zygote: warm.Zygote | None = None) -> None:
     """Grade in parallel, each submission in a worker process; merge each as it finishes."""
     running: dict[str, tuple] = {}
     with ThreadPoolExecutor(max_workers=settings.workers) as pool:
         futures = {}
         for sid, f, job_dir in todo:
-            env = _env(course, opts, settings, job_dir)
+            env = _env(course, opts, settings, job_dir, zygote)
             futures[pool.submit(worker.run_job, job_dir, env, settings.notebook_timeout_s, running)] = \
                 (sid, f, job_dir)
         pending = set(futures)
@@ -355,18 +379,58 @@ def unsafe_lines(settings: Settings) -> list[str]:
 
 
 def report_phase(course: Course, folders: Folders, results: list[GradingResult], tests, max_tests,
-                 extra: list[str] = ()):
-    """grades.csv, results.csv, summary.md, scores.png; returns (points, [per-test table, per-student table])."""
+                 extra: list[str] = (), manual: dict[str, float] | None = None):
+    """grades.csv, results.csv, summary.md, scores.png, all read from the main gradebook (so a
+    TA's manual scores count everywhere); returns (points, [per-test table, per-student table],
+    waiting). `manual`: the written answers and their points, shown beside the tests, with the
+    answers still waiting for a person."""
     out = folders.out
-    points = {sid: {t: cell.final for t, cell in cells.items()}
-              for sid, cells in score.cell_scores(folders.main_db, course.assignment).items()}
+    manual = dict(manual or {})
+    cells = score.cell_scores(folders.main_db, course.assignment)
+    points = {sid: {t: cell.final for t, cell in by_test.items()} for sid, by_test in cells.items()}
+    waiting = {sid: left for sid, by_test in cells.items() if (left := score.waiting(by_test, manual))}
+    every = {**max_tests, **manual}
+    columns = tests_in_order(course, every)
     report.export_grades(folders.main, out / "grades.csv")
-    report.write_results(results, points, tests, max_tests, out / "results.csv")
-    per_test = report.write_summary(results, points, tests, max_tests, out / "summary.md", extra)
-    report.plot(results, points, tests, max_tests, out / "scores.png")
-    per_student = report.table_text(report.student_rows(results, points, tests, max_tests),
+    report.write_results(results, points, columns, every, out / "results.csv", waiting)
+    per_test = report.write_summary(results, points, columns, every, out / "summary.md", extra, waiting, manual)
+    report.plot(results, points, columns, every, out / "scores.png", waiting)
+    per_student = report.table_text(report.student_rows(results, points, columns, every, waiting),
                                     report.STUDENT_HEADER)
-    return points, [per_test, per_student]
+    return points, [per_test, per_student], waiting
+
+
+PROTECTIONS_OFF = "## Protections that were OFF"
+
+
+def _kept_summary_lines(summary: Path) -> list[str]:
+    """The section of an earlier summary.md that only the grading run knows (protections off)."""
+    text = summary.read_text(encoding="utf-8") if summary.exists() else ""
+    if PROTECTIONS_OFF not in text:
+        return []
+    section = text[text.index(PROTECTIONS_OFF):].split("\n## ")[0]
+    return ["", *section.rstrip("\n").splitlines()]
+
+
+def export(course: Course, out: Path, echo=print) -> tuple[report.Points, list[str], report.Waiting]:
+    """Rewrite grades.csv, results.csv, summary.md and scores.png of a batch already graded in
+    `out` from its main gradebook, after a TA scored the written answers (or corrected a score)
+    in formgrader. Grades nothing, runs no notebook."""
+    folders = Folders(Path(out).resolve())
+    if not folders.main_db.exists():
+        raise SystemExit(f"{folders.main_db} not found: `python -m grader grade ... --out {out}` first")
+    max_tests = score.max_scores(folders.main_db, course.assignment)
+    manual = score.manual_max_scores(folders.main_db, course.assignment)
+    results = [GradingResult.read(path) for path in sorted(folders.job("_").parent.glob(f"*/{MERGED}"))]
+    points, tables, waiting = report_phase(course, folders, results, tests_in_order(course, max_tests), max_tests,
+                                           _kept_summary_lines(folders.out / "summary.md"), manual)
+    echo(tables[0] + "\n\n" + tables[1])
+    left = sum(len(v) for v in waiting.values())
+    echo(f"\nExported {len(results)} submissions from {folders.main_db}: wrote {folders.out / 'grades.csv'}, "
+         f"results.csv, summary.md and scores.png in {folders.out}. "
+         + (f"{left} written answers still wait for manual grading." if left else
+            "No written answer waits for manual grading."))
+    return points, tables, waiting
 
 
 def grade(course: Course, opts: Options, echo=print) -> Batch:
@@ -378,22 +442,29 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
         echo(line.replace("## ", "WARNING: "))
     found, roster = collect_phase(course, opts, folders.out, echo)
     max_tests = gradebooks_phase(course, folders, roster)
+    manual = score.manual_max_scores(folders.main_db, course.assignment)
     tests = tests_in_order(course, max_tests)
     if opts.online:
         prefetch_online(course, grading_env(course, online=True, n_images=settings.n_images), echo)
     kept, todo = jobs_phase(course, opts, settings, folders, found, folders.job(REFERENCE) / "run", echo)
-    if todo:
-        reference_phase(course, opts, settings, folders, echo)
-    echo(f"Grading {len(todo)} submissions with {settings.workers} worker(s), "
-         f"{'online' if opts.online else 'offline'}, {settings.n_images} images, limits "
-         f"{settings.cell_timeout_s} s per cell and {settings.notebook_timeout_s} s per notebook")
     merger = Merger(course, folders, todo, roster, tests, max_tests, echo)
-    grade_phase(course, opts, settings, todo, merger)
+    with warm_kernels(course, opts, settings, folders, bool(todo), echo) as zygote:
+        if todo:
+            reference_phase(course, opts, settings, folders, echo, zygote)
+        echo(f"Grading {len(todo)} submissions with {settings.workers} worker(s), "
+             f"{'online' if opts.online else 'offline'}, {settings.n_images} images, limits "
+             f"{settings.cell_timeout_s} s per cell and {settings.notebook_timeout_s} s per notebook")
+        merger.started = time.monotonic()
+        grade_phase(course, opts, settings, todo, merger, zygote)
     results = list({**kept, **merger.results}.values())
-    points, tables = report_phase(course, folders, results, tests, max_tests, unsafe_lines(settings))
+    points, tables, waiting = report_phase(course, folders, results, tests, max_tests, unsafe_lines(settings), manual)
     seconds = time.monotonic() - started
     counts = ", ".join(f"{sum(1 for r in results if r.status == s)} {s}" for s in STATUSES)
     echo("\n" + tables[0] + "\n\n" + tables[1])
     echo(f"\n{len(results)} submissions ({counts}) in {_clock(seconds)}. Wrote {folders.out / 'grades.csv'}, "
          f"results.csv, summary.md, scores.png and feedback/ in {folders.out}")
-    return Batch(results, points, tests, max_tests, found, seconds, len(todo), tables)
+    left = sum(len(v) for v in waiting.values())
+    if left:
+        echo(f"{left} written answers wait for manual grading (see summary.md): score them in formgrader, then "
+             f"`python -m grader export --out {opts.out}` (grader/README-TA.md, *Written answers*).")
+    return Batch(results, points, tests, max_tests, found, seconds, len(todo), tables, manual, waiting)

@@ -101,21 +101,22 @@ def grading_env(course: Course, work: Path | None = None, *, online: bool = Fals
     Offline unless `online` (then rabbit.npz is cached in the kit's data/ folder), with
     n_images images (default: course.toml), and `threads` threads per kernel when given.
     gpu_stand_in: the notebook runs as on a Colab GPU runtime (the lab's device is "cuda"),
-    in a kernel started by kernel_boot.py, where the CPU stands in for CUDA if there is no GPU.
+    in a kernel started by kernel_boot.py, where the CPU stands in for CUDA if there is no GPU
+    and TensorFlow runs its functions eagerly (kernel_boot.TF_EAGER: no XLA compilations).
     """
-    from .kernel_boot import CUDA_ON_CPU
+    from .kernel_boot import CUDA_ON_CPU, TF_EAGER
 
     craftlab = lab_module(course)
     env = nbgrader_env(work)
-    for name in (*craftlab.VARIABLES, CUDA_ON_CPU):  # only what is decided here reaches the notebook
+    for name in (*craftlab.VARIABLES, CUDA_ON_CPU, TF_EAGER):  # only what is decided here reaches the notebook
         env.pop(name, None)
     settings = craftlab.Settings(offline=not online, n_images=n_images or course.grading_n_images,
                                  data_dir=ROOT / "data" if online else None,
                                  device="cuda" if gpu_stand_in else None)
     env.update(settings.to_env())
     env["PYTHONUNBUFFERED"] = "1"
-    if gpu_stand_in:
-        env[CUDA_ON_CPU] = "1"
+    if gpu_stand_in:  # the grading kernel (kernel_boot.py): as on a Colab GPU, TensorFlow without XLA
+        env[CUDA_ON_CPU] = env[TF_EAGER] = "1"
     if threads:
         env.update({name: str(threads) for name in THREAD_VARS})
     return env

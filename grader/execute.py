@@ -55,6 +55,15 @@ class ResilientExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._stopped: str | None = None
+        self._started, self._first_cell, self._capture_s = time.monotonic(), None, 0.0
+        try:
+            return self._preprocess(nb, resources, km)
+        finally:
+            nb.metadata[TIMING_KEY] = {"kernel_start_seconds": round((self._first_cell or self._started)
+                                                                     - self._started, 2),
+                                       "capture_seconds": round(self._capture_s, 2)}
+
+    def _preprocess(self, nb, resources, km):
         if not self.run_dir:
             return super().preprocess(nb, resources, km)
         resources = resources if resources is not None else {}
@@ -88,11 +97,12 @@ class ResilientExecute(Execute):
         if label == artefacts.PROBE_BEFORE:
             artefacts.write_probe(Path(self.run_dir or resources["metadata"]["path"]), self.probe_seed)
         capture = new_code_cell(snippet, metadata={"nbgrader": {"grade_id": label}})
-        real = self.nb.cells[index]
+        real, started = self.nb.cells[index], time.monotonic()
         try:
             self._run_cell(capture, resources, index)
         finally:
             self.nb.cells[index] = real  # nbclient stores the cell it ran at its index
+            self._capture_s += time.monotonic() - started
         return [out for out in capture.outputs if out.get("ename") in (KERNEL_DIED, KERNEL_HUNG)]
 
     def _run_cell(self, cell, resources, index):
@@ -104,6 +114,7 @@ class ResilientExecute(Execute):
             cell.execution_count = None
             return cell, resources
         started = time.monotonic()
+        self._first_cell = self._first_cell or started
         try:
             return super().preprocess_cell(cell, resources, index)
         except DeadKernelError:

@@ -41,6 +41,9 @@ is_cuda False, so code that tests for a GPU tensor, or calls .numpy() on one, be
 CPU; torch.autocast("cuda") warns and is disabled, as on any CPU. Random numbers drawn "on
 CUDA" come from the CPU generator (the numbers differ from a GPU's anyway).
 
+With CRAFT_LAB_TF_EAGER=1 (TF_EAGER, also set for grading), TensorFlow runs its tf.functions
+eagerly once it is imported: no XLA compilation of Xplique's tiny Sobol estimators.
+
 It writes nothing to stderr (nbgrader scores 0 for a graded cell that does). If the shim
 cannot be installed it says so on stdout and the notebook runs without it.
 """
@@ -54,15 +57,20 @@ import sys
 from pathlib import Path
 
 CUDA_ON_CPU = "CRAFT_LAB_CUDA_ON_CPU"  # set to 1 in the grading environment to turn the shim on
+# Set to 1 in the grading environment: TensorFlow runs its tf.functions eagerly. Xplique's Sobol
+# estimators are tf.function(jit_compile=True) on arrays of a few hundred numbers: XLA compiles
+# each shape again (2 s for the first, 0.1-0.2 s for later ones) to run what takes 5 ms eagerly.
+# The results are the same up to float rounding, and the batch's reference run uses it too.
+TF_EAGER = "CRAFT_LAB_TF_EAGER"
 DEVICE_NAME = "CPU standing in for CUDA (the grader has no GPU)"
 _CUDA = re.compile(r"cuda(:\d+)?")
 _NOOPS = ("synchronize", "ipc_collect", "set_device", "reset_peak_memory_stats",
           "reset_max_memory_allocated", "reset_accumulated_memory_stats")
 
 
-def wanted(env=None) -> bool:
-    """Whether the environment asks for the CPU to stand in for CUDA."""
-    value = (os.environ if env is None else env).get(CUDA_ON_CPU, "")
+def wanted(env=None, name: str = CUDA_ON_CPU) -> bool:
+    """Whether the environment asks for the CPU to stand in for CUDA (or for `name`)."""
+    value = (os.environ if env is None else env).get(name, "")
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -115,33 +123,49 @@ def _install_quietly(torch) -> None:
         print(f"[grader] the CPU could not stand in for CUDA ({type(exc).__name__}: {exc})")
 
 
-class _AfterTorchImport(importlib.abc.MetaPathFinder):
-    """Runs _install_quietly(torch) right after `import torch` has finished, then steps aside."""
+def _eager_quietly(tensorflow) -> None:
+    try:
+        tensorflow.config.run_functions_eagerly(True)
+    except Exception as exc:  # only slower without it
+        print(f"[grader] TensorFlow keeps compiling its functions ({type(exc).__name__}: {exc})")
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs then(module) right after `import <name>` has finished, then steps aside."""
+
+    def __init__(self, name: str, then):
+        self.name, self.then = name, then
 
     def find_spec(self, name, path=None, target=None):
-        if name != "torch":
+        if name != self.name:
             return None
         sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("torch")
+        spec = importlib.util.find_spec(name)
         if spec is not None and spec.loader is not None:
             exec_module = spec.loader.exec_module
 
-            def exec_then_install(module):
+            def exec_then(module):
                 exec_module(module)
-                _install_quietly(module)
+                self.then(module)
 
-            spec.loader.exec_module = exec_then_install
+            spec.loader.exec_module = exec_then
         return spec
 
 
-def activate() -> None:
-    """Arrange for the shim, if the environment asks for it (at once if torch is imported)."""
-    if not wanted():
-        return
-    if "torch" in sys.modules:
-        _install_quietly(sys.modules["torch"])
+def _after_import(name: str, then) -> None:
+    """then(module) once `name` is imported: at once if it already is (a warm kernel)."""
+    if name in sys.modules:
+        then(sys.modules[name])
     else:
-        sys.meta_path.insert(0, _AfterTorchImport())
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
+def activate() -> None:
+    """Arrange for what the environment asks: the CUDA stand-in, TensorFlow's eager functions."""
+    if wanted():
+        _after_import("torch", _install_quietly)
+    if wanted(name=TF_EAGER):
+        _after_import("tensorflow", _eager_quietly)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ submission as plain JSON (it never runs it) and:
 - matches every cell of the release notebook that nbgrader tracks to a cell of the
   submission: by its nbgrader grade_id, else by the cell id (nbformat >= 4.5), else (for
   provided cells) by identical source, else by position between matched cells;
-- puts the nbgrader metadata back on matched cells that lost it;
+- puts the nbgrader metadata back on matched cells that lost it: code and markdown alike, so
+  a written answer (a markdown answer cell graded by a TA) stays an answer with its points,
+  and one left as released gets its checksum back (nbgrader then scores it 0, "no response");
 - puts back provided cells and test cells that were deleted (nbgrader then restores
   their full source, hidden tests included, from the gradebook);
 - drops nbgrader metadata that belongs to no cell of the release (or to a duplicate).
@@ -171,7 +173,8 @@ class _Matcher:
                     pointer = j
 
     def by_position(self) -> None:
-        """4b. An unmatched answer cell between two matches: the next free cell of its type."""
+        """4b. An unmatched answer cell (code, or a markdown written answer) between two matches:
+        the next free cell of its type."""
         for (ra, sa), (rb, sb) in self.gaps():
             pointer = sa
             for i in [i for i in self.tracked if ra < i < rb and i not in self.match]:

@@ -12,6 +12,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 STATUSES = ("graded", "review", "failed")
+# The worker's stages, in order (GradingResult.stage_seconds; scripts/benchmark_grading.py prints them).
+STAGES = {
+    "worker_start": "worker process start and imports (Python, nbgrader)",
+    "repair": "read, check and repair the submitted file",
+    "sandbox": "set up the sandbox (cgroup, kernelspec)",
+    "kernel_start": "kernel start, until it answers (a fork of the zygote, or a cold start)",
+    "cells": "the notebook's cells (imports in setup_imports, each task's cells)",
+    "captures": "the artefact captures after graded cells",
+    "nbgrader": "nbgrader's own steps in autograde (sanitize, gradebook, write)",
+    "verify": "out-of-kernel verification and scores",
+    "feedback": "nbgrader generate_feedback (the HTML page)",
+}
 
 
 @dataclass
@@ -25,6 +37,7 @@ class GradingResult:
     kernel_tests: dict[str, float | None] = field(default_factory=dict)  # what the kernel's checks said: a hint
     max_tests: dict[str, float] = field(default_factory=dict)
     cell_seconds: dict[str, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # where the worker's time went (STAGES)
     file: str = ""                         # path relative to the submissions folder
     sha256: str = ""
     seconds: float = 0.0                   # wall-clock, as the parent saw it

@@ -34,8 +34,16 @@ def reference_answers(source_nb) -> dict[str, str]:
 
 
 def max_points(source_nb) -> dict[str, float]:
+    """Points of each automatically graded cell (the test cells)."""
     return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
-            for c in source_nb.cells if nbu.is_grade(c)}
+            for c in source_nb.cells if nbu.is_grade(c) and not nbu.is_solution(c)}
+
+
+def manual_points(source_nb) -> dict[str, float]:
+    """Points of each cell a TA grades by hand (the written answers: graded answer cells).
+    The autograder scores none of them: a sample's expected points leave them out."""
+    return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
+            for c in source_nb.cells if nbu.is_grade(c) and nbu.is_solution(c)}
 
 
 # ----------------------------------------------------------------------------- file transformations
@@ -100,7 +108,8 @@ class Sample:
     says: str = ""                              # in the reason or the notes
 
     def expected(self, source_nb) -> dict[str, float]:
-        """Points each graded cell must get, from the notebook's metadata and `lost`."""
+        """Points each automatically graded cell must get, from the notebook's metadata and `lost`
+        (the written answers wait for a TA: see manual_points)."""
         points = max_points(source_nb)
         if self.lost == ALL or self.status == "failed":
             return {g: 0.0 for g in points}
@@ -108,7 +117,7 @@ class Sample:
         if self.lost_after:
             ids = [c.get("id") for c in source_nb.cells]
             for c in source_nb.cells[ids.index(self.lost_after) + 1:]:
-                if nbu.is_grade(c):
+                if nbu.is_grade(c) and not nbu.is_solution(c):
                     expected[c.metadata.nbgrader["grade_id"]] = 0.0
         return expected
 

@@ -360,8 +360,9 @@ def _write_etc(state: Path, home: Path) -> Path:
 
 
 def _bwrap_args(bwrap: str, run_dir: Path, ipc_dir: Path, etc: Path, binds: dict[str, str],
-                env: dict[str, str], tmp_mb: int) -> list[str]:
-    """bwrap's options (mounts apply in order: the tmpfs first, binds over them)."""
+                env: dict[str, str], tmp_mb: int, writable: tuple[str, ...] = ()) -> list[str]:
+    """bwrap's options (mounts apply in order: the tmpfs first, binds over them); `writable`:
+    more read-write folders (the warm-kernel zygote's)."""
     args = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(UID), "--gid", str(GID),
             "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv"]
     for name, value in env.items():
@@ -385,6 +386,8 @@ def _bwrap_args(bwrap: str, run_dir: Path, ipc_dir: Path, etc: Path, binds: dict
     for host, inside in binds.items():
         args += ["--ro-bind", host, inside]
     args += ["--bind", str(run_dir), str(run_dir)]
+    for folder in writable:
+        args += ["--bind", folder, folder]
     if ipc_dir != run_dir:
         args += ["--bind", str(ipc_dir), str(ipc_dir)]
     # The sandbox's own root and /dev are tmpfs the sandbox could write to: read-only.
@@ -392,6 +395,17 @@ def _bwrap_args(bwrap: str, run_dir: Path, ipc_dir: Path, etc: Path, binds: dict
 
 
 # ----------------------------------------------------------------------------- the sandbox
+
+def kernel_env(home: Path, isolated: bool, extra: dict[str, str]) -> dict[str, str]:
+    """The whole environment of a kernel (or of the warm-kernel zygote): nothing of the grader's."""
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+           "HOME": str(home), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+    if isolated:  # the private /tmp: keeps run_dir free of caches
+        env |= {"IPYTHONDIR": "/tmp/.ipython", "MPLCONFIGDIR": "/tmp/.matplotlib"}
+    env |= extra
+    env.pop("JPY_PARENT_PID", None)
+    return env
+
 
 def _check_run_dir(run_dir: Path) -> Path:
     """run_dir, made if needed; refused if it holds what must stay read-only or unseen."""
@@ -419,7 +433,7 @@ class Sandbox:
 
     def __init__(self, run_dir: Path | str, limits: Limits | None = None, caps: Capabilities | None = None,
                  *, env: dict[str, str] | None = None, binds: dict[str | Path, str | Path] | None = None,
-                 boot: str | Path | None = None, allow_unsafe: bool = False):
+                 boot: str | Path | None = None, allow_unsafe: bool = False, zygote=None):
         self.run_dir = _check_run_dir(Path(run_dir))
         self.limits = limits or Limits.load()
         self.caps = caps or probe()
@@ -437,6 +451,7 @@ class Sandbox:
             raise FileNotFoundError(f"cannot bind into the sandbox what does not exist: {absent}")
         self.boot = str(boot) if boot else None
         self.env = dict(env or {})
+        self.zygote = zygote if zygote is not None and zygote.serves(self.run_dir, self.caps) else None
         self.cgroup: _Cgroup | None = None
         self.state = Path(tempfile.mkdtemp(prefix="craft-sbx-"))
         try:
@@ -448,13 +463,16 @@ class Sandbox:
     def _setup(self) -> None:
         # Unix socket paths are limited to 107 bytes: if run_dir is too deep, a short private folder.
         long = len(str(self.run_dir / ".jupyter-kernel-ipc-99")) > 100
-        self.ipc_dir = self.state / "ipc" if long else self.run_dir
+        self.ipc_dir = self.run_dir if not long else \
+            self.zygote.share / self.kernel_name if self.zygote else self.state / "ipc"
         self.ipc_dir.mkdir(exist_ok=True)
         self._etc = _write_etc(self.state, self.run_dir)
         if self.caps.cgroup in ("v1", "v2"):
             self.cgroup = _Cgroup.create(self.caps.cgroup, self.kernel_name, self.limits)
         spec_dir = self.state / "kernels" / self.kernel_name
         spec_dir.mkdir(parents=True)
+        if self.zygote:
+            (self.state / "request.json").write_text(json.dumps(self._warm_request()))
         argv = self.kernel_argv()
         odd = [a for a in argv if re.search(r"\{[A-Za-z0-9_]+\}", a) and a != "{connection_file}"]
         if odd:  # jupyter would replace them
@@ -490,6 +508,9 @@ class Sandbox:
             outer += ["--pid", str(file)]
         limits = [x for name, n in self._rlimits().items() for x in ("--limit", f"{name}={n}")]
         kernel = self._kernel_command()
+        if self.zygote:  # a fork of the batch's zygote, confined as described in zygote.py
+            return [*launch[:3], str(self.zygote.script), "client", str(self.zygote.socket),
+                    str(self.state / "request.json"), "--", *kernel[kernel.index("-f"):]]
         if self.caps.namespaces:
             bwrap = _bwrap_args(self.caps.bwrap, self.run_dir, self.ipc_dir, self._etc, self.binds,
                                 self._kernel_env(), self.limits.tmp_mb)
@@ -528,6 +549,8 @@ class Sandbox:
                 killed = self._kill_tree()
         finally:
             shutil.rmtree(self.state, ignore_errors=True)
+            if self.zygote and self.ipc_dir != self.run_dir:
+                shutil.rmtree(self.ipc_dir, ignore_errors=True)
         return killed
 
     def __enter__(self) -> Sandbox:
@@ -539,13 +562,14 @@ class Sandbox:
     # ------------------------------------------------------------------ internals
 
     def _kernel_env(self) -> dict[str, str]:
-        env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-               "HOME": str(self.run_dir), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-        if self.caps.namespaces:  # the private /tmp: keeps run_dir free of caches
-            env |= {"IPYTHONDIR": "/tmp/.ipython", "MPLCONFIGDIR": "/tmp/.matplotlib"}
-        env |= self.env
-        env.pop("JPY_PARENT_PID", None)
-        return env
+        return kernel_env(self.run_dir, self.caps.namespaces, self.env)
+
+    def _warm_request(self) -> dict:
+        """What the zygote's fork needs to become this sandbox's kernel (zygote.py, client)."""
+        return {"env": self._kernel_env(), "rlimits": self._rlimits(), "cwd": str(self.run_dir),
+                "writable": sorted({str(self.run_dir), str(self.ipc_dir)}),
+                "tmp_bytes": self.limits.tmp_mb * MB, "threads": self.env.get("OMP_NUM_THREADS"),
+                "cgroup_procs": [str(f) for f in self.cgroup.procs_files], "boot": self.zygote.boot}
 
     def _kernel_command(self) -> list[str]:
         boot = self.boot

@@ -61,21 +61,46 @@ def copy_gradebook(template: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def max_scores(gradebook: Path, assignment: str) -> dict[str, float]:
-    """Points of each graded cell (grade_id -> max score), over all notebooks of the assignment."""
+def _graded_cells(gradebook: Path, assignment: str) -> dict[str, tuple[float, bool]]:
+    """grade_id -> (max score, graded by a person?) over all notebooks of the assignment.
+
+    A graded cell that is also an answer (solution) cell is graded by a person in formgrader
+    (the written answers): nbgrader's autograde gives it no score (None) when answered, and 0
+    when left as released ("no response"). Every other graded cell is a test cell, scored
+    automatically (by the trusted verifier, grader/verify.py)."""
     from nbgrader.api import Gradebook
 
     with Gradebook(db_url(gradebook)) as gb:
         out = {}
         for nb in gb.find_assignment(assignment).notebooks:
+            answers = {cell.name for cell in nb.solution_cells}
             for cell in nb.grade_cells:
-                out[cell.name] = float(cell.max_score)
+                out[cell.name] = (float(cell.max_score), cell.name in answers)
         return out
 
 
+def max_scores(gradebook: Path, assignment: str) -> dict[str, float]:
+    """Points of each AUTOMATICALLY graded cell (grade_id -> max score): the test cells."""
+    return {name: points for name, (points, manual) in _graded_cells(gradebook, assignment).items() if not manual}
+
+
+def manual_max_scores(gradebook: Path, assignment: str) -> dict[str, float]:
+    """Points of each cell graded by a person in formgrader (grade_id -> max score): the written answers."""
+    return {name: points for name, (points, manual) in _graded_cells(gradebook, assignment).items() if manual}
+
+
 def auto_scores(gradebook: Path, assignment: str, student: str) -> dict[str, float | None]:
-    """Automatic score of each graded cell for one student (None: nbgrader could not score it)."""
-    return {name: cell.auto for name, cell in cell_scores(gradebook, assignment)[student].items()}
+    """Automatic score of each automatically graded cell for one student (None: nbgrader could
+    not score it). The written answers are left out: a person scores them."""
+    auto = max_scores(gradebook, assignment)
+    return {name: cell.auto for name, cell in cell_scores(gradebook, assignment)[student].items() if name in auto}
+
+
+def waiting(cells: dict[str, CellScore], manual: dict[str, float] | set[str]) -> list[str]:
+    """The written answers of one submission still waiting for a person: answered (nbgrader
+    gave no automatic score) and not scored by hand yet. An answer left blank has an
+    automatic 0 ("no response") and waits for nobody."""
+    return [name for name, cell in cells.items() if name in manual and cell.auto is None and cell.manual is None]
 
 
 def set_auto_scores(gradebook: Path, assignment: str, student: str, scores: dict[str, float]) -> None:

@@ -20,7 +20,7 @@ in-kernel score was full while a visible-level property fails here: possible tam
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -60,6 +60,12 @@ CURVE = dict(rtol=1e-3, atol=1e-3)        # deletion curves, hidden gf_check_del
 CURVE_ENDS = 1e-3              # all-deleted value, and spread of the random curves' ends (visible)
 AUC = dict(rtol=1e-6, atol=1e-6)          # hidden gf_check_auc
 AUC_RANGE = 1e-6               # visible gf_check_auc
+RESIZE_ATOL = 1e-5             # sub_crops vs bilinear resize of crops[sub_idx], hidden gf_check_recursion_fit
+
+# Task G4's constants, as the locked cell gf_recursion_setup sets them (a test keeps them equal):
+# the grader uses these, never the kernel's, which an answer cell could rebind.
+N_SUB = 3                      # sub-concepts per parent concept
+MIN_SUB_CROPS = 6              # crops selected at least
 
 
 # ----------------------------------------------------------------------------- results
@@ -302,6 +308,31 @@ def deletion_curve(u: np.ndarray, w: np.ndarray, order, fc_w: np.ndarray, fc_b) 
         kept[concept] = False
         curve.append(terms[kept].sum())
     return np.asarray(curve) + float(fc_b)
+
+
+def recursion_selection(u, importances, min_crops: int = MIN_SUB_CROPS) -> tuple[int, np.ndarray]:
+    """Task G4's parent concept and sub_idx: the crops the most important concept dominates,
+    by decreasing coefficient, then the others by decreasing coefficient, `min_crops` at least."""
+    u = np.asarray(u, dtype=np.float64)
+    parent = int(np.argmax(np.asarray(importances)))
+    dominated = u.argmax(axis=1) == parent
+    ranked = np.lexsort((-u[:, parent], ~dominated))
+    return parent, ranked[:max(int(dominated.sum()), min_crops)]
+
+
+def resize_bilinear(x, side: int) -> np.ndarray:
+    """torch.nn.functional.interpolate(x, size=side, mode="bilinear", align_corners=False) on
+    (..., H, W) arrays, in numpy: how CraftTorch resizes crops, and how Task G4 resizes them."""
+    x = np.asarray(x, dtype=np.float64)
+
+    def taps(n_in: int):
+        src = np.maximum((np.arange(side) + 0.5) * (n_in / side) - 0.5, 0.0)
+        low = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return low, np.minimum(low + 1, n_in - 1), src - low
+    r0, r1, rw = taps(x.shape[-2])
+    c0, c1, cw = taps(x.shape[-1])
+    rows = x[..., r0, :] * (1 - rw)[:, None] + x[..., r1, :] * rw[:, None]
+    return rows[..., c0] * (1 - cw) + rows[..., c1] * cw
 
 
 def random_orders(r: int, count: int) -> np.ndarray:
@@ -744,6 +775,86 @@ def gf_check_auc(c: Ctx) -> Verdict:
     ))
 
 
+def gf_check_recursion_select(c: Ctx) -> Verdict:
+    """Judged on the student's own U and importances (an earlier difference is not counted twice)."""
+    s = c.s
+    chosen = lambda: np.asarray(s("rec_select.sub_idx"))  # noqa: E731
+    expected = lambda: recursion_selection(s("rec_select.u"), s("rec_select.importances"))  # noqa: E731
+
+    def indices():
+        idx = chosen()
+        ok = idx.ndim == 1 and idx.dtype.kind in "iu" and len(set(idx.tolist())) == len(idx) and (
+            len(idx) == 0 or (idx.min() >= 0 and idx.max() < len(s("rec_select.u"))))
+        return ok, f"sub_idx = {_show(idx)}"
+
+    def dominated():
+        u = np.asarray(s("rec_select.u"))
+        return np.flatnonzero(u.argmax(axis=1) == int(s("rec_select.parent")))
+
+    return Verdict("gf_check_recursion_select", (
+        _check("parent an int", True, KERNEL, lambda: _true(s("rec_select.parent_is_int"), "isinstance(parent, int)")),
+        _check("parent the most important concept", True, OWN,
+               lambda: _equal(s("rec_select.parent"), expected()[0], "parent")),
+        _check("sub_idx distinct crop indices", True, OWN, indices),
+        _check("as many crops as dominated, MIN_SUB_CROPS at least", True, OWN, lambda: _equal(
+            len(chosen()), max(len(dominated()), MIN_SUB_CROPS), "len(sub_idx)")),
+        _check("every dominated crop selected", True, OWN, lambda: (
+            set(dominated().tolist()) <= set(chosen().tolist()), f"dominated crops {_show(dominated())}")),
+        _check("dominated first, by decreasing coefficient", False, OWN,
+               lambda: _equal(chosen(), expected()[1], "sub_idx")),
+    ), "own values: the selection is recomputed from the student's U and importances")
+
+
+def _sub_fit_same(c: Ctx) -> tuple[bool, str]:
+    """Did craft_sub's fit start from exactly what the reference's did (same crops, g3, settings)?"""
+    def test():
+        for label, name, rel in (("settings", "rec_fit.settings", 0), ("torch threads", "rec_fit.threads", 0),
+                                 ("selected crops", "rec_fit.sub_idx", 0), ("crops", "rec_fit.source_ends", SAME),
+                                 ("g3", "split3.g", SAME), ("BatchNorm statistics", "fit3.bn", 0)):
+            if not _same(c.s(name), c.r(name), rel):
+                return False, f"{label} differ from the reference's"
+        return True, ""
+    return _holds(test)
+
+
+def gf_check_recursion_fit(c: Ctx) -> Verdict:
+    s, r = c.s, c.r
+    exact, why = _sub_fit_same(c)
+    _, basis = _basis(exact, why)
+    side = lambda: int(s("rec_fit.side"))  # noqa: E731
+    n = lambda: len(np.atleast_1d(s("rec_fit.sub_idx")))  # noqa: E731
+    checks = [
+        _check("a new CraftTorch", True, KERNEL, lambda: _true(
+            bool(s("rec_fit.is_craft")) and bool(s("rec_fit.distinct")), "craft_sub is a new CraftTorch")),
+        _check("N_SUB concepts, patch the images' side", True, OWN,
+               lambda: _equal(s("rec_fit.settings"), (N_SUB, side()), "(concepts, patch)")),
+        _check("sub_crops shape", True, OWN,
+               lambda: _equal(s("rec_fit.crops_shape"), (n(), 3, side(), side()), "sub_crops.shape")),
+        _check("sub_u shape", True, OWN, lambda: _equal(s("rec_fit.u").shape, (n(), N_SUB), "sub_u.shape")),
+        _check("sub_w shape", True, OWN,
+               lambda: _equal(s("rec_fit.w").shape, (N_SUB, int(s("rec_fit.channels"))), "sub_w.shape")),
+        _check("numpy seeded right before fit", True, KERNEL, lambda: _seeded(s("rec_fit.rng"))),
+    ]
+    if exact:
+        checks.append(_check("sub_u and sub_w equal the reference's (seeded fit, same inputs)", True, REFERENCE,
+                             lambda: (_same(s("rec_fit.u"), r("rec_fit.u"), NMF_REL)
+                                      and _same(s("rec_fit.w"), r("rec_fit.w"), NMF_REL),
+                                      f"max gap U {_max_gap(s('rec_fit.u'), r('rec_fit.u')):.3g}, "
+                                      f"W {_max_gap(s('rec_fit.w'), r('rec_fit.w')):.3g}")))
+    checks += [
+        _check("uses g3 and h3", False, KERNEL, lambda: _true(s("rec_fit.uses_split3"), "craft_sub uses g3, h3")),
+        _check("fitted for the rabbit class", False, REFERENCE,
+               lambda: _equal(s("rec_fit.class_id"), r("rec_fit.class_id"), "class_id")),
+        _check("fitted on crops[sub_idx] resized to the images' side", False, OWN, lambda: _gap_below(
+            s("rec_fit.crops_ends"), resize_bilinear(s("rec_fit.source_ends"), side()), RESIZE_ATOL,
+            "first and last sub_crops vs bilinear resize of crops[sub_idx]")),
+        _check("sub_u and sub_w non-negative", False, OWN, lambda: (
+            bool((np.asarray(s("rec_fit.u")) >= 0).all() and (np.asarray(s("rec_fit.w")) >= 0).all()),
+            "min of sub_u and sub_w")),
+    ]
+    return Verdict("gf_check_recursion_fit", tuple(checks), basis)
+
+
 RULES: dict[str, Callable[[Ctx], Verdict]] = {
     "check_eval": check_eval, "check_g": check_g, "check_h": check_h, "check_transform": check_transform,
     "check_preprocess": check_preprocess, "check_craft": check_craft, "check_fit": check_fit,
@@ -751,6 +862,7 @@ RULES: dict[str, Callable[[Ctx], Verdict]] = {
     "check_plots": check_plots, "gf_check_split3": gf_check_split3, "gf_check_fit3": gf_check_fit3,
     "gf_check_local": gf_check_local, "gf_check_deletion": gf_check_deletion,
     "gf_check_random": gf_check_random, "gf_check_auc": gf_check_auc,
+    "gf_check_recursion_select": gf_check_recursion_select, "gf_check_recursion_fit": gf_check_recursion_fit,
 }
 
 
@@ -765,14 +877,19 @@ def verify(student: dict[str, np.ndarray], reference: dict[str, np.ndarray],
 
 
 def decide(verdicts: dict[str, Verdict], in_kernel_scores: dict[str, float],
-           max_points: dict[str, float]) -> tuple[dict[str, float], list[Evidence]]:
+           max_points: dict[str, float], manual: Iterable[str] = ()) -> tuple[dict[str, float], list[Evidence]]:
     """Points per graded cell (all or nothing, from the verdicts only) and the tampering evidence:
-    cells that scored full marks in the kernel while a visible-level property fails here."""
-    unruled = sorted(set(max_points) - set(verdicts))
+    cells that scored full marks in the kernel while a visible-level property fails here.
+
+    Cells in `manual` (the written answers, graded by a person in formgrader: score.manual_max_scores)
+    need no rule and get no automatic score here: they are left out, waiting for a TA."""
+    manual = set(manual)
+    auto = {grade_id: points for grade_id, points in max_points.items() if grade_id not in manual}
+    unruled = sorted(set(auto) - set(verdicts))
     if unruled:
         raise ValueError(f"no verifier rule for the graded cells {unruled}: add them to grader/verify.py RULES")
     scores, evidence = {}, []
-    for grade_id, points in max_points.items():
+    for grade_id, points in auto.items():
         verdict = verdicts[grade_id]
         scores[grade_id] = float(points) if verdict.passed else 0.0
         in_kernel = float(in_kernel_scores.get(grade_id) or 0.0)

@@ -1,7 +1,8 @@
 """Grade ONE submission, in a process of its own.
 
-Parent side, `run_job`: starts `python -m grader.worker JOB_DIR` in a new session with
-the grading environment, waits at most the per-notebook limit, then kills the worker and
+Parent side, `run_job`: starts the worker as a fork of the batch's fork server (which has
+imported nbgrader and this package once, PRELOAD), in a new session with the grading
+environment, waits at most the per-notebook limit, then kills the worker and
 everything it started (the Jupyter kernel runs in a session of its own, so it is found by
 a marker in its environment as well as by parentage). It returns the worker's result, or
 a failure saying why there is none. This is the one place where isolation and resource
@@ -14,17 +15,18 @@ and writes result.json atomically. The student's code only ever runs in the kern
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
 from nbgrader import utils as nbu
 
 from . import course as course_mod
@@ -80,9 +82,47 @@ def kill_tree(pid: int, marker: str | None = None) -> int:
     return len(procs)
 
 
+# What each worker needs, imported once by the batch's fork server instead of once per submission
+PRELOAD = ("grader.worker", "grader.execute", "grader.verify", "grader.score", "grader.sandbox", "grader.warm",
+           "grader.artefacts", "grader.repair", "nbgrader.converters", "nbgrader.preprocessors", "nbconvert",
+           "nbclient", "jupyter_client", "psutil")
+_forkserver = None
+
+
+def _context():
+    """multiprocessing's fork server, with PRELOAD imported: each worker is a fresh fork of it."""
+    global _forkserver
+    if _forkserver is None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(PRELOAD))
+        _forkserver = context
+    return _forkserver
+
+
+def _worker_process(job_dir: str, env: dict[str, str], log: str, argv: list[str] | None) -> None:
+    """The worker's start, in its fresh fork: own session, the job's environment and log; then
+    main(), or argv instead (tests)."""
+    os.setsid()
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(ROOT)
+    if argv:
+        os.execve(argv[0], argv, env)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    main([job_dir])
+
+
 def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict | None = None,
             argv: list[str] | None = None) -> GradingResult:
-    """Grade the submission described in job_dir/job.json in a child process; return its result.
+    """Grade the submission described in job_dir/job.json in a process of its own (a fork of the
+    fork server); return its result.
 
     registry, when given, holds {job folder name: (pid, marker)} while the worker runs, so
     that the caller can kill every running worker (on Ctrl-C). argv replaces the worker
@@ -91,26 +131,26 @@ def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict
     marker = f"{job_dir.name}-{os.getpid()}-{time.monotonic_ns()}"
     env = dict(env, **{MARKER: marker, "PYTHONUNBUFFERED": "1"})
     started = time.monotonic()
-    with open(job_dir / LOG, "ab") as log:
-        proc = subprocess.Popen(argv or [sys.executable, "-m", "grader.worker", str(job_dir)], cwd=ROOT,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    proc = _context().Process(target=_worker_process, args=(str(job_dir), env, str(job_dir / LOG), argv),
+                              name=f"grader-worker-{job_dir.name}", daemon=False)
+    proc.start()
+    if registry is not None:
+        registry[job_dir.name] = (proc.pid, marker)
+    try:
+        timed_out = _wait(proc, timeout_s, marker)
+    finally:
+        leftovers = kill_tree(proc.pid, marker)
+        proc.join(timeout=10)
         if registry is not None:
-            registry[job_dir.name] = (proc.pid, marker)
-        try:
-            timed_out = _wait(proc, timeout_s, marker)
-        finally:
-            leftovers = kill_tree(proc.pid, marker)
-            if registry is not None:
-                registry.pop(job_dir.name, None)
+            registry.pop(job_dir.name, None)
     seconds = round(time.monotonic() - started, 1)
     if timed_out:
         return GradingResult.failure(job_dir.name, seconds=seconds, reason=(
             f"killed after {timeout_s:.0f} s: the notebook ran past the per-notebook time limit "
             "(an endless loop the interrupt could not stop, or far too slow)"))
     if not (job_dir / RESULT).exists():
-        code = proc.returncode
-        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        code = proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         return GradingResult.failure(job_dir.name, seconds=seconds, reason=(
             f"the grading process ended without a result ({how}); see {job_dir / LOG}"))
     result = GradingResult.read(job_dir / RESULT)
@@ -120,13 +160,11 @@ def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict
     return result
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float, marker: str) -> bool:
+def _wait(proc, timeout_s: float, marker: str) -> bool:
     """Wait for the worker; True if it ran past timeout_s. Ctrl-C takes the worker down with us."""
     try:
-        proc.wait(timeout=timeout_s)
-        return False
-    except subprocess.TimeoutExpired:
-        return True
+        proc.join(timeout=timeout_s)
+        return proc.is_alive()
     except BaseException:
         kill_tree(proc.pid, marker)
         raise
@@ -285,22 +323,33 @@ def _run_dir(job_dir: Path) -> Path:
     return run_dir
 
 
-def _sandbox(job: Job, run_dir: Path):
-    """The submission's kernel sandbox, started by kernel_boot.py (the CPU standing in for CUDA)."""
-    from .kernel_boot import CUDA_ON_CPU
-    from .sandbox import Limits, Sandbox
+def sandbox_spec(environ) -> tuple[dict[str, str], dict[Path, str]]:
+    """(variables, read-only binds) of a kernel graded in the environment `environ`: the lab's
+    settings, the thread counts, the CPU standing in for CUDA; the data when online."""
+    from .kernel_boot import CUDA_ON_CPU, TF_EAGER
 
     craftlab = course_mod.lab_module()
-    names = (*craftlab.VARIABLES, CUDA_ON_CPU, *course_mod.THREAD_VARS, "PYTHONUNBUFFERED")
-    env = {name: os.environ[name] for name in names if name in os.environ}
+    names = (*craftlab.VARIABLES, CUDA_ON_CPU, TF_EAGER, *course_mod.THREAD_VARS, "PYTHONUNBUFFERED")
+    env = {name: environ[name] for name in names if name in environ}
     env["NBGRADER_EXECUTION"] = "autograde"
     binds = {GRADER_DIR / "kernel_boot.py": BOOT}
-    settings = craftlab.Settings.from_env()
+    settings = craftlab.Settings.from_env(environ)
     if not settings.offline:  # no network inside: the images and weights the batch fetched, read-only
-        torch_home = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch")
+        torch_home = Path(environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch")
         binds |= {settings.data_dir: settings.data_dir, torch_home: torch_home}
         env["TORCH_HOME"] = str(torch_home)
-    return Sandbox(run_dir, Limits.load(), env=env, binds=binds, boot=BOOT, allow_unsafe=job.allow_unsafe)
+    return env, binds
+
+
+def _sandbox(job: Job, run_dir: Path):
+    """The submission's kernel sandbox, started by kernel_boot.py (the CPU standing in for CUDA),
+    as a fork of the batch's zygote when there is one (warm.py)."""
+    from .sandbox import Limits, Sandbox
+    from .warm import Zygote
+
+    env, binds = sandbox_spec(os.environ)
+    return Sandbox(run_dir, Limits.load(), env=env, binds=binds, boot=BOOT, allow_unsafe=job.allow_unsafe,
+                   zygote=Zygote.from_env(os.environ))
 
 
 def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
@@ -311,10 +360,13 @@ def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
     course = course_mod.load()
     log = _logger(job.student)
     run_dir = _run_dir(job_dir)
-    with _sandbox(job, run_dir) as sandbox:
+    with _stage(result, "sandbox"):
+        sandbox = _sandbox(job, run_dir)
+    with sandbox:
         os.environ.update(sandbox.jupyter_env())
-        error = _run_app(Autograde, nbgrader_config(job.cell_timeout_s, run_dir, sandbox, job.probe_seed),
-                         course.assignment, job.student, log)
+        with _stage(result, "autograde"):
+            error = _run_app(Autograde, nbgrader_config(job.cell_timeout_s, run_dir, sandbox, job.probe_seed),
+                             course.assignment, job.student, log)
         left = sandbox.cleanup()
     if left:
         result.notes.append(f"{left} process(es) left running by the submission were killed")
@@ -327,7 +379,26 @@ def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
     result.notes += notes
     result.review += review + [reason for reason in [gpu.gpu_reason(nb)] if reason]
     result.cell_seconds = cell_seconds(nb)
+    _split_autograde(result, nb.metadata.get(TIMING_KEY, {}))
     return True
+
+
+@contextlib.contextmanager
+def _stage(result: GradingResult, name: str):
+    """Add the block's seconds to result.stage_seconds[name] (results.STAGES says what each is)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        result.stage_seconds[name] = round(result.stage_seconds.get(name, 0.0) + time.monotonic() - started, 2)
+
+
+def _split_autograde(result: GradingResult, timing: dict) -> None:
+    """nbgrader autograde's seconds, split into kernel start, cells, captures and nbgrader's own."""
+    total = result.stage_seconds.pop("autograde", 0.0)
+    parts = {"kernel_start": timing.get("kernel_start_seconds", 0.0), "cells": round(sum(result.cell_seconds.values()), 2),
+             "captures": timing.get("capture_seconds", 0.0)}
+    result.stage_seconds |= parts | {"nbgrader": round(max(0.0, total - sum(parts.values())), 2)}
 
 
 def _feedback(job: Job, result: GradingResult) -> None:
@@ -369,19 +440,23 @@ def grade_here(job_dir: Path) -> GradingResult:
     job = Job.read(job_dir)
     course = course_mod.load()
     result = GradingResult(job.student, file=job.file, sha256=job.sha256)
-    if not _submit(job, job_dir, result) or not _autograde(job, job_dir, result):
+    with _stage(result, "repair"):
+        submitted = _submit(job, job_dir, result)
+    if not submitted or not _autograde(job, job_dir, result):
         return result
     gradebook = job_dir / "gradebook.db"
     result.kernel_tests = score.auto_scores(gradebook, course.assignment, job.student)
     result.max_tests = score.max_scores(gradebook, course.assignment)
     if job.reference_run:
-        _verify(job, job_dir, result)
+        with _stage(result, "verify"):
+            _verify(job, job_dir, result)
     else:  # the reference run itself (trusted code), or verification off in a test
         result.tests = dict(result.kernel_tests)
         unscored = sorted(t for t, v in result.tests.items() if v is None)
         if unscored:
             result.review.append(f"nbgrader could not score {', '.join(unscored)} (counted as 0)")
-    _feedback(job, result)
+    with _stage(result, "feedback"):
+        _feedback(job, result)
     return result.conclude()
 
 
@@ -389,13 +464,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job_dir = Path(argv[0]).resolve()
     started = time.monotonic()
+    since_exec = time.time() - psutil.Process().create_time()  # the interpreter and this module's imports
     try:
         result = grade_here(job_dir)
     except Exception as exc:
         traceback.print_exc()
         result = GradingResult.failure(job_dir.name, f"the grader itself failed ({type(exc).__name__}: "
                                                      f"{exc}); see worker.log")
-    result.worker_seconds = round(time.monotonic() - started, 1)
+    result.stage_seconds = {"worker_start": round(since_exec, 2), **result.stage_seconds}
+    result.worker_seconds = round(time.monotonic() - started + since_exec, 1)
     result.write(job_dir / RESULT)
     return 0
 

@@ -38,6 +38,9 @@ EDITS: dict[str, list[tuple[str, str]]] = {
          "torch.cuda.manual_seed_all(SEED)\nimportances3 = craft3.estimate_importance(nb_design=4)\n"
          "torch.cuda.synchronize()"),
     ],
+    "gf_answer_recursion_fit": [
+        ("device=device)", "device='cuda')"),
+    ],
     "gf_answer_deletion": [
         ("activations = torch.from_numpy(u @ concept_bank_w)",
          "activations = torch.from_numpy(u @ concept_bank_w).to('cuda')"),

@@ -99,6 +99,12 @@ SAMPLES: list[Sample] = [
            {"gf_answer_auc": "r = craft.number_of_concepts\nauc_importance = np.trapezoid(deletion_curve)\n"
                              "auc_random = np.trapezoid(random_curves, axis=1).mean()"},
            {"gf_check_auc": 1}),
+    Sample("gf_recursion_ascending",  # the right crops count, every dominated crop, the wrong order
+           {"gf_answer_recursion_select": "parent = int(np.argmax(importances))\n"
+                                          "dominated = crops_u.argmax(axis=1) == parent\n"
+                                          "ranked = np.lexsort((crops_u[:, parent], ~dominated))\n"
+                                          "sub_idx = ranked[:max(int(dominated.sum()), MIN_SUB_CROPS)]"},
+           {"gf_check_recursion_select": 1}),
     # Broken submissions: graded without stopping the batch, with a clear reason.
     Sample("syntax_error", {"answer_eval": "model.eval("}, {"check_eval": 1, "check_model_untouched": 1},
            says="answer_eval (SyntaxError"),

@@ -100,7 +100,7 @@ def test_progress_shows_each_submission_with_elapsed_time(graded):
 
 def test_reports(graded, source, course):
     result, out, _ = graded
-    full = sum(v for v in result.max_tests.values())
+    full = sum(v for v in result.max_tests.values()) + sum(result.manual.values())
     # grades.csv is nbgrader's own export
     grades = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv"))}
     for sample in SAMPLES:
@@ -118,6 +118,16 @@ def test_reports(graded, source, course):
     for test in result.tests:
         assert f"| {test} |" in summary
     assert "## Needs a look" in summary and "kernel_dies" in summary
+    # the written answers: waiting for a TA where answered (the reference answers them), not failures
+    manual = list(result.manual)
+    assert manual and not set(manual) & set(result.tests)
+    assert sorted(rows["reference"]["waiting_manual"].split()) == sorted(manual)
+    assert rows["reference"]["status"] == "graded"
+    assert rows["blank"]["waiting_manual"] == ""  # left as released: nbgrader's "no response", 0
+    assert sorted(result.waiting["reference"]) == sorted(manual) and "blank" not in result.waiting
+    assert "## Waiting for manual grading" in summary and "| reference | " in summary
+    for test in manual:
+        assert f"| {test} |" in summary and rows["reference"][test] == "0"
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # feedback: nbgrader's page for graded ones, a page with the reason for the others
     for sample in SAMPLES:

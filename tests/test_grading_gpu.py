@@ -295,7 +295,10 @@ def test_gpu_reason_names_at_most_three_cells():
 # ----------------------------------------------------------------------------- the GPU sample
 
 def test_gpu_sample_hard_codes_cuda_wherever_the_answers_used_device():
-    reference = reference_answers()
+    import nbformat
+
+    code = {c.id for c in nbformat.read(COURSE.source_notebook, as_version=4).cells if c.cell_type == "code"}
+    reference = {cid: src for cid, src in reference_answers().items() if cid in code}  # not the written answers
     edited = gpu_edits(reference)
     used_device = {cid for cid, src in reference.items() if _reads(src, "device")}
     assert used_device and not any(_reads(src, "device") for src in edited.values())
@@ -307,3 +310,26 @@ def test_gpu_sample_hard_codes_cuda_wherever_the_answers_used_device():
 
 def _reads(source: str, name: str) -> bool:
     return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(ast.parse(source)))
+
+
+EAGER_PROBE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import kernel_boot
+kernel_boot.activate()
+import tensorflow as tf
+print(tf.config.functions_run_eagerly())
+"""
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["grading", "plain"])
+def test_the_grading_kernel_runs_tensorflow_functions_eagerly_only_when_asked(asked):
+    """TF_EAGER (set by course.grading_env for the grading kernel): Xplique's tiny jit-compiled
+    Sobol estimators run eagerly instead of being compiled by XLA for every new shape."""
+    from grader.kernel_boot import TF_EAGER
+
+    env = {k: v for k, v in run_env().items() if k != TF_EAGER} | ({TF_EAGER: "1"} if asked else {})
+    done = subprocess.run([sys.executable, "-c", EAGER_PROBE, str(BOOT.parent)], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(asked)

@@ -129,3 +129,43 @@ def test_old_nbformat_gets_cell_ids(data, release):
 def test_files_that_cannot_be_graded_say_why(data, release, make, reason):
     fixed = run(make(data), release)
     assert fixed.nb is None and reason in fixed.error
+
+
+WRITTEN = ["written_concepts", "written_local", "written_deletion", "written_layers"]
+
+
+@pytest.mark.parametrize("keep_ids", [True, False])
+def test_written_answers_that_lost_their_metadata_are_restored_with_the_students_text(data, release, keep_ids):
+    """Colab drops nbgrader's metadata (and, saving nbformat 4.4, the cell ids) from markdown
+    cells too: the written answers are found again and stay answers for a TA to grade."""
+    from nbgrader import utils as nbu
+
+    answers = {gid: f"My answer to {gid}: the crops show *fur*." for gid in WRITTEN[:3]}
+    for cell in data["cells"]:
+        if cell.get("id") in answers:
+            cell["source"] = answers[cell["id"]]
+    fixed = run(json.loads(strip_nbgrader(keep_ids)(data)), release)
+    assert fixed.error is None and fixed.review == []
+    assert "nbgrader metadata was missing" in fixed.notes[0]
+    assert grade_ids(fixed.nb) == grade_ids(release)
+    by_gid = {c.metadata["nbgrader"]["grade_id"]: c for c in fixed.nb.cells if "nbgrader" in c.metadata}
+    released = {c.metadata["nbgrader"]["grade_id"]: c for c in release.cells}
+    for gid in WRITTEN:
+        cell = by_gid[gid]
+        assert cell.cell_type == "markdown" and cell.metadata["nbgrader"] == released[gid].metadata["nbgrader"]
+        assert nbu.is_grade(cell) and nbu.is_solution(cell)
+        if gid in answers:  # answered: nbgrader leaves it to a person (no automatic score)
+            assert cell.source == answers[gid]
+            assert nbu.determine_grade(cell) == (None, cell.metadata["nbgrader"]["points"])
+        else:  # left blank: the checksum is back, so nbgrader scores it 0 ("no response")
+            assert cell.source == "YOUR ANSWER HERE"
+            assert nbu.determine_grade(cell) == (0, cell.metadata["nbgrader"]["points"])
+    nbformat.validate(fixed.nb)
+
+
+def test_a_deleted_written_answer_is_put_back_blank(data, release):
+    fixed = run(json.loads(delete_cells("written_local")(data)), release)
+    assert grade_ids(fixed.nb) == grade_ids(release)
+    cell = next(c for c in fixed.nb.cells if c.get("id") == "written_local")
+    assert cell.source == "YOUR ANSWER HERE"
+    assert any("answer cells not found: written_local" in n for n in fixed.notes)

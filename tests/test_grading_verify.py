@@ -76,6 +76,16 @@ def synthetic_run(patch: int = 80, fit_seed: int = 0, n: int = 2, r: int = 3) ->
                          auc_random=np.trapezoid(curves, dx=1 / r, axis=1).mean(),
                          importances=importances, w=w, concepts=r),
     }
+    # Task G4 (drawn last, so the values above do not depend on it)
+    parent, sub_idx = verify.recursion_selection(u, importances)
+    source_ends = model_rng.uniform(size=(2, 3, patch, patch)).astype(np.float32)
+    sub_u, sub_w = fit_rng.uniform(size=(len(sub_idx), verify.N_SUB)), fit_rng.uniform(size=(verify.N_SUB, 4))
+    values["rec_select"] = dict(parent=parent, parent_is_int=True, sub_idx=sub_idx, u=u, importances=importances)
+    values["rec_fit"] = dict(is_craft=True, distinct=True, uses_split3=True, settings=(verify.N_SUB, 256), side=256,
+                             sub_idx=sub_idx, crops_shape=(len(sub_idx), 3, 256, 256),
+                             crops_ends=verify.resize_bilinear(source_ends, 256).astype(np.float32),
+                             source_ends=source_ends, u=sub_u, w=sub_w, channels=4, rng=verify._seeded_state(),
+                             threads=2, class_id=330)
     return {f"{group}.{name}": np.asarray(value) for group, items in values.items() for name, value in items.items()}
 
 
@@ -101,6 +111,108 @@ def test_the_synthetic_run_declares_every_artefact_and_verifies_fully():
 
 def test_every_graded_cell_has_a_rule():
     assert set(verify.RULES) == set(MAX_POINTS)
+
+
+def test_written_answers_need_no_rule_and_get_no_automatic_score():
+    """Graded answer cells (markdown, scored by a TA in formgrader) wait for a person: decide()
+    neither refuses them nor scores them."""
+    from grader.samples import manual_points
+
+    written = manual_points(SOURCE)
+    assert written and not set(written) & set(verify.RULES)
+    assert all(c.cell_type == "markdown" for c in SOURCE.cells if c.metadata.nbgrader.get("grade_id") in written)
+    reference = synthetic_run()
+    verdicts = verify.verify(reference, reference, FIGURES)
+    scores, evidence = verify.decide(verdicts, {}, {**FULL, **written}, manual=written)
+    assert scores == FULL and evidence == []
+    with pytest.raises(ValueError, match="no verifier rule"):
+        verify.decide(verdicts, {}, {**FULL, **written})
+
+
+# ---------------------------------------------------------------------------- Task G4: recursion
+
+def _cell(cell_id: str) -> str:
+    return next(c.source for c in SOURCE.cells if c.id == cell_id)
+
+
+def test_the_recursion_constants_and_selection_are_the_notebooks():
+    """N_SUB and MIN_SUB_CROPS as the locked cell sets them; the reference answer selects what
+    verify.recursion_selection does; at grading size (18 crops) there are always enough crops."""
+    consts = {}
+    exec(_cell("gf_recursion_setup"), {}, consts)
+    assert (consts["N_SUB"], consts["MIN_SUB_CROPS"]) == (verify.N_SUB, verify.MIN_SUB_CROPS)
+    assert verify.MIN_SUB_CROPS >= verify.N_SUB
+    answer = "\n".join(line for line in _cell("gf_answer_recursion_select").splitlines() if "###" not in line)
+    rng = np.random.default_rng(3)
+    for trial in range(50):
+        u = rng.uniform(size=(18, 10)) ** rng.uniform(1, 6)
+        importances = rng.uniform(size=10)
+        space = dict(np=np, crops_u=u, importances=importances, MIN_SUB_CROPS=verify.MIN_SUB_CROPS)
+        exec(answer, space)
+        parent, expected = verify.recursion_selection(u, importances)
+        assert space["parent"] == parent and np.array_equal(space["sub_idx"], expected)
+        dominated = np.flatnonzero(u.argmax(axis=1) == parent)
+        assert len(expected) == max(len(dominated), verify.MIN_SUB_CROPS) >= verify.N_SUB
+        assert list(expected[:len(dominated)]) == sorted(dominated, key=lambda i: -u[i, parent])
+
+
+def test_resize_bilinear_is_torchs_interpolate():
+    import torch
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 80, 80)).astype(np.float32)
+    for side in (256, 160, 80):  # enlarging, as Task G4 does (shrinking differs by float32 rounding)
+        expected = torch.nn.functional.interpolate(torch.from_numpy(x), size=side, mode="bilinear",
+                                                   align_corners=False).numpy()
+        assert np.abs(verify.resize_bilinear(x, side) - expected).max() < 1e-5
+
+
+def test_an_ascending_selection_loses_only_the_selection_and_is_no_tampering():
+    """The sample gf_recursion_ascending: the right count, every dominated crop, the wrong order.
+    Its fit on those crops is judged on its own selection (no double penalty)."""
+    reference = synthetic_run()
+    student = dict(reference)
+    u, parent = reference["rec_select.u"], int(reference["rec_select.parent"])
+    dominated = u.argmax(axis=1) == parent
+    wrong = np.lexsort((u[:, parent], ~dominated))[:len(reference["rec_select.sub_idx"])]
+    assert not np.array_equal(wrong, reference["rec_select.sub_idx"])
+    student["rec_select.sub_idx"] = student["rec_fit.sub_idx"] = wrong
+    verdicts = verify.verify(student, reference, FIGURES)
+    assert failing(verdicts) == {"gf_check_recursion_select": ["dominated first, by decreasing coefficient"]}
+    assert verify.decide(verdicts, IN_KERNEL_FULL, FULL)[1] == []
+    assert verdicts["gf_check_recursion_fit"].basis.startswith("own values: selected crops differ")
+
+
+def test_a_wrong_recursion_selection_count_is_a_visible_failure():
+    reference = synthetic_run()
+    student = dict(reference, **{"rec_select.sub_idx": reference["rec_select.sub_idx"][:2]})
+    verdicts = verify.verify(student, reference, FIGURES)
+    assert "as many crops as dominated, MIN_SUB_CROPS at least" in failing(verdicts)["gf_check_recursion_select"]
+    assert [e.grade_id for e in verify.decide(verdicts, IN_KERNEL_FULL, FULL)[1]] == ["gf_check_recursion_select"]
+
+
+def test_an_unseeded_sub_fit_loses_only_the_recursion_fit():
+    reference = synthetic_run()
+    student = dict(reference)
+    student["rec_fit.rng"] = verify._seeded_state(7)
+    student["rec_fit.u"] = reference["rec_fit.u"][:, ::-1].copy()   # another NMF start, another U
+    verdicts = verify.verify(student, reference, FIGURES)
+    assert set(failing(verdicts)) == {"gf_check_recursion_fit"}
+    failed = failing(verdicts)["gf_check_recursion_fit"]
+    assert "numpy seeded right before fit" in failed
+    assert "sub_u and sub_w equal the reference's (seeded fit, same inputs)" in failed
+
+
+def test_sub_crops_that_are_not_the_resized_selection_fail_a_hidden_check():
+    """Fitting craft_sub on the 80-pixel crops (patch_size 80) or on other crops."""
+    reference = synthetic_run()
+    student = dict(reference)
+    student["rec_fit.crops_ends"] = reference["rec_fit.crops_ends"][::-1].copy()
+    verdicts = verify.verify(student, reference, FIGURES)
+    assert failing(verdicts) == {"gf_check_recursion_fit": ["fitted on crops[sub_idx] resized to the images' side"]}
+    small = dict(reference, **{"rec_fit.settings": np.asarray((verify.N_SUB, 80)),
+                               "rec_fit.crops_shape": np.asarray((6, 3, 80, 80))})
+    assert {"N_SUB concepts, patch the images' side", "sub_crops shape"} <= set(
+        failing(verify.verify(small, reference, FIGURES))["gf_check_recursion_fit"])
 
 
 def test_a_verdict_is_all_or_nothing_and_only_visible_failures_are_tampering():

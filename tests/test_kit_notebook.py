@@ -16,6 +16,11 @@ def nbgrader_meta(cell) -> dict:
     return cell.metadata.get("nbgrader", {})
 
 
+def is_written(cell) -> bool:
+    """A written answer: a graded answer cell, scored by a TA in formgrader."""
+    return bool(nbgrader_meta(cell).get("solution") and nbgrader_meta(cell).get("grade"))
+
+
 @pytest.fixture(scope="module")
 def source(course):
     return nbformat.read(course.source_notebook, as_version=4)
@@ -36,6 +41,8 @@ def test_every_answer_cell_is_followed_by_a_graded_check(source):
     pending = []
     for cell in source.cells:
         meta = nbgrader_meta(cell)
+        if is_written(cell):
+            continue  # graded by a person: no check cell (test_written_answers_...)
         if meta.get("solution"):
             assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source, cell.id
             pending.append(cell.id)
@@ -45,7 +52,7 @@ def test_every_answer_cell_is_followed_by_a_graded_check(source):
 
 
 def test_graded_checks_are_locked_with_points_visible_asserts_and_hidden_tests(source):
-    graded = [c for c in source.cells if nbgrader_meta(c).get("grade")]
+    graded = [c for c in source.cells if nbgrader_meta(c).get("grade") and not is_written(c)]
     assert len(graded) >= 10
     for cell in graded:
         meta = nbgrader_meta(cell)
@@ -86,12 +93,66 @@ def test_student_version_has_no_answers_no_hidden_tests_no_outputs(source, stude
         meta = nbgrader_meta(cell)
         if cell.cell_type == "code":
             assert cell.outputs == [], f"{cell.id} has outputs in the student notebook"
-        if meta.get("solution"):
+        if is_written(cell):
+            assert cell.source == "YOUR ANSWER HERE", cell.id
+        elif meta.get("solution"):
             assert "raise NotImplementedError()" in cell.source, cell.id
             assert src[cell.id].source.split("### BEGIN SOLUTION")[1].split("### END SOLUTION")[0].strip() not in cell.source
         elif not meta.get("grade"):
             assert cell.source == src[cell.id].source, f"locked cell {cell.id} differs from the source"
     assert [c.id for c in student.cells] == [c.id for c in source.cells]
+
+
+def test_written_answers_are_graded_by_hand_with_a_rubric_the_students_never_see(source, student):
+    """Each written answer: a locked question, then a markdown answer cell with points whose
+    source (model answer and rubric, for the TA) nbgrader replaces in the student version."""
+    written = [c for c in source.cells if is_written(c)]
+    assert len(written) >= 3
+    ids = [c.id for c in source.cells]
+    for cell in written:
+        meta = nbgrader_meta(cell)
+        assert cell.cell_type == "markdown" and meta["points"] > 0 and not meta["locked"], cell.id
+        assert cell.id == meta["grade_id"]
+        assert cell.source.startswith("### BEGIN SOLUTION") and cell.source.endswith("### END SOLUTION"), cell.id
+        assert "Model answer" in cell.source and "Rubric" in cell.source, cell.id
+        question = source.cells[ids.index(cell.id) - 1]
+        assert question.cell_type == "markdown" and nbgrader_meta(question)["locked"], cell.id
+        assert "graded by a TA" in question.source, cell.id
+    text = nbformat.writes(student)
+    assert "Rubric" not in text and "Model answer" not in text and "TAs only" not in text
+    student_written = [c for c in student.cells if is_written(c)]
+    assert [c.id for c in student_written] == [c.id for c in written]
+    assert all(c.source == "YOUR ANSWER HERE" for c in student_written)
+
+
+def test_a_full_run_prints_the_convergence_warning_at_most_once(source):
+    """The recorded outputs are a full offline run of the lab (make record)."""
+    outputs = "".join(out.get("text", "") for c in source.cells if c.cell_type == "code" for out in c.outputs)
+    assert outputs.count("[warning] ConvergenceWarning") <= 1
+    assert "Traceback" not in outputs
+
+
+def test_unactionable_warnings_are_shown_once_with_their_meaning_others_every_time(capsys, monkeypatch):
+    import warnings
+
+    import numpy as np
+    from sklearn.decomposition import NMF
+
+    import craftlab
+
+    monkeypatch.setattr(craftlab, "_shown_once", set())
+    x = np.random.default_rng(0).uniform(size=(30, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # what a notebook sees: the registry is reset between calls
+        warnings.showwarning = craftlab.show_warning
+        for _ in range(3):
+            NMF(n_components=5, max_iter=2, init="nndsvda").fit_transform(x)
+        warnings.warn("something to act on", UserWarning)
+        warnings.warn("something to act on", UserWarning)
+    out = capsys.readouterr().out
+    assert out.count("[warning] ConvergenceWarning") == 1 and out.count("[warning]") == 3, out
+    assert "harmless here" in out and "iterations" in out
+    assert out.count("[warning] UserWarning: something to act on") == 2
 
 
 def test_colab_link_and_helper_url_come_from_course_toml(course, source, student):

@@ -132,18 +132,40 @@ def pick_device(settings: Settings | None = None) -> str:
     return device
 
 
+# Warnings the student cannot act on: shown once per kernel, with what they mean, then hidden.
+SHOWN_ONCE = {
+    "ConvergenceWarning": (
+        "This is scikit-learn's NMF inside Xplique's CRAFT stopping at its built-in cap of 200 "
+        "iterations; the cap cannot be changed from CraftTorch and the concepts are still usable, "
+        "so it is harmless here. Shown once: further ConvergenceWarnings are hidden."),
+}
+_shown_once: set[str] = set()
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the notebook: on stdout (see keep_stderr_clean), and the
+    warnings of SHOWN_ONCE only the first time, with one sentence on what they mean.
+    Every other warning is shown as Python's filters decide (they may be actionable)."""
+    name = category.__name__
+    if name in SHOWN_ONCE:
+        if name in _shown_once:
+            return
+        _shown_once.add(name)
+        print(f"[warning] {name}: {message}\n          {SHOWN_ONCE[name]}", file=sys.stdout)
+        return
+    print(f"[warning] {name}: {message}", file=sys.stdout)
+
+
 def keep_stderr_clean() -> None:
     """Send the notebook's warnings and library logs to stdout instead of stderr.
 
     nbgrader gives 0 points to a graded cell that writes anything to stderr, and benign
     messages would do that: scikit-learn's NMF ConvergenceWarning, deprecation warnings,
     and TensorFlow/XLA's C++ logs (which ignore TF_CPP_MIN_LOG_LEVEL for some lines).
-    You still see all of them in the cell output. Errors still show as errors.
+    You still see them in the cell output (show_warning); the ones in SHOWN_ONCE, which
+    the student cannot act on, only once. Errors still show as errors.
     """
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"[warning] {category.__name__}: {message}", file=sys.stdout)
-
-    warnings.showwarning = show
+    warnings.showwarning = show_warning
     try:  # absl (TensorFlow's Python logger) writes to stderr
         import absl.logging
         absl.logging.set_verbosity(absl.logging.ERROR)

@@ -1,0 +1,132 @@
+"""Start and stop the batch's zygote (grader/zygote.py), and tell the workers where it is.
+
+    with warm.start(roots, env, binds, log, echo) as zygote:   # None: cold kernels (echo says why)
+        ... workers get {ENV_VAR: zygote.folder} and pass Zygote.from_env() to Sandbox(zygote=...)
+
+A Sandbox uses the zygote only where it can confine a fork as well as a cold kernel (bwrap
+works, and a cgroup v1/v2 the grader writes, i.e. as root: see zygote.py); otherwise, and
+whenever the zygote cannot start, kernels start cold: slower, never less safe.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import sandbox as sbx
+
+ENV_VAR = "CRAFT_LAB_ZYGOTE"            # the batch's zygote folder (zygote.json), for the workers
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "zygote.py"
+INSIDE = "/opt/craft-lab"               # where zygote.py and kernel_boot.py are bound in its sandbox
+INFO = "zygote.json"
+START_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Zygote:
+    """A running zygote, as a worker sees it."""
+    folder: Path                # short host folder: the socket, the kernels' socket folders
+    roots: tuple[str, ...]      # read-write folders of its sandbox, hidden from each kernel but its own
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "zygote.sock"
+
+    @property
+    def share(self) -> Path:
+        return self.folder / "share"
+
+    @property
+    def script(self) -> Path:
+        return SCRIPT
+
+    @property
+    def boot(self) -> str:
+        return f"{INSIDE}/kernel_boot.py"
+
+    def serves(self, run_dir: Path, caps: sbx.Capabilities) -> bool:
+        """Can a fork confine a kernel in run_dir as well as a cold sandbox would?"""
+        inside = any(Path(run_dir).resolve().is_relative_to(r) for r in self.roots)
+        return inside and caps.namespaces and caps.cgroup in ("v1", "v2") and self.socket.exists()
+
+    @classmethod
+    def from_env(cls, environ) -> Zygote | None:
+        folder = environ.get(ENV_VAR)
+        if not folder or not (Path(folder) / INFO).exists():
+            return None
+        info = json.loads((Path(folder) / INFO).read_text())
+        return cls(Path(folder), tuple(info["roots"]))
+
+
+def unavailable(caps: sbx.Capabilities) -> str:
+    """'' if this machine can run warm kernels, else why not (in words)."""
+    if not caps.namespaces:
+        return "no bubblewrap sandbox here"
+    if caps.cgroup not in ("v1", "v2"):
+        return "warm kernels need a cgroup the grader can write (run it as root)"
+    return ""
+
+
+def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: dict, caps, limits) -> list[str]:
+    etc = sbx._write_etc(folder, folder)
+    binds = {str(Path(h).resolve()): str(i) for h, i in binds.items()} | {
+        str(SCRIPT): f"{INSIDE}/zygote.py", str(HERE / "kernel_boot.py"): f"{INSIDE}/kernel_boot.py"}
+    args = sbx._bwrap_args(caps.bwrap, folder, folder, etc, binds, sbx.kernel_env(folder, True, env),
+                           limits.tmp_mb, writable=tuple(r for r in roots if r != str(folder)))
+    hostproc = ["--bind", "/proc", f"{INSIDE}/hostproc"]  # see zygote.HOSTPROC
+    return [*args[:-4], *hostproc, *args[-4:], "--cap-add", "CAP_SYS_ADMIN", "--", sys.executable, f"{INSIDE}/zygote.py",
+            "serve", str(folder / "zygote.sock"), *roots]
+
+
+@contextlib.contextmanager
+def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo):
+    """Run a zygote for the block (None: cold kernels); `env` and `binds` as a kernel's sandbox's.
+    The workers find it through ENV_VAR, which the caller adds to their environment."""
+    caps = sbx.probe()
+    why = unavailable(caps)
+    if why:
+        echo(f"Warm kernels off ({why}): every kernel imports torch, TensorFlow and Xplique itself.")
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="craft-zyg-"))
+    all_roots = tuple(str(Path(r).resolve()) for r in roots) + (str(folder),)
+    (folder / "share").mkdir()
+    zygote = Zygote(folder, all_roots)
+    proc = None
+    try:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(_command(folder, all_roots, env, binds, caps, sbx.Limits.load()),
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        waited = _wait_ready(proc, zygote, log, echo)
+        if waited is None:
+            yield None
+            return
+        (folder / INFO).write_text(json.dumps({"roots": all_roots, "pid": proc.pid, "token": secrets.token_hex(4)}))
+        echo(f"Warm kernels on: the libraries were imported once ({waited:.0f} s); each kernel is a "
+             "confined fork of that process.")
+        yield zygote
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_ready(proc: subprocess.Popen, zygote: Zygote, log: Path, echo) -> float | None:
+    started = time.monotonic()
+    echo("Warm kernels: importing torch, TensorFlow and Xplique once for the whole batch...")
+    while not zygote.socket.exists():
+        if proc.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
+            echo(f"Warm kernels off: the zygote did not start (see {log}); kernels start cold.")
+            return None
+        time.sleep(0.1)
+    return time.monotonic() - started
