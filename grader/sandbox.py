@@ -360,9 +360,9 @@ def _write_etc(state: Path, home: Path) -> Path:
 
 
 def _bwrap_args(bwrap: str, run_dir: Path, ipc_dir: Path, etc: Path, binds: dict[str, str],
-                env: dict[str, str], tmp_mb: int, writable: tuple[str, ...] = ()) -> list[str]:
+                env: dict[str, str], tmp_mb: int, writable: dict[str, str] | None = None) -> list[str]:
     """bwrap's options (mounts apply in order: the tmpfs first, binds over them); `writable`:
-    more read-write folders (the warm-kernel zygote's)."""
+    more read-write binds, host path -> path inside (the warm-kernel zygote's)."""
     args = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(UID), "--gid", str(GID),
             "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv"]
     for name, value in env.items():
@@ -386,8 +386,8 @@ def _bwrap_args(bwrap: str, run_dir: Path, ipc_dir: Path, etc: Path, binds: dict
     for host, inside in binds.items():
         args += ["--ro-bind", host, inside]
     args += ["--bind", str(run_dir), str(run_dir)]
-    for folder in writable:
-        args += ["--bind", folder, folder]
+    for host, inside in (writable or {}).items():
+        args += ["--bind", host, inside]
     if ipc_dir != run_dir:
         args += ["--bind", str(ipc_dir), str(ipc_dir)]
     # The sandbox's own root and /dev are tmpfs the sandbox could write to: read-only.

@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import sandbox as sbx
+from . import zygote as zyg
+from .worker import BOOT
 
 ENV_VAR = "CRAFT_LAB_ZYGOTE"            # the batch's zygote folder (zygote.json), for the workers
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "zygote.py"
-INSIDE = "/opt/craft-lab"               # where zygote.py and kernel_boot.py are bound in its sandbox
+INSIDE = str(PurePosixPath(BOOT).parent)  # zygote.py is bound beside kernel_boot.py, which it imports
+HOSTPROC = f"{INSIDE}/{zyg.HOSTPROC_NAME}"  # the host's /proc in the zygote's sandbox (zygote.HOSTPROC)
 INFO = "zygote.json"
 START_TIMEOUT_S = 300
 
@@ -50,12 +52,12 @@ class Zygote:
 
     @property
     def boot(self) -> str:
-        return f"{INSIDE}/kernel_boot.py"
+        return BOOT
 
     def serves(self, run_dir: Path, caps: sbx.Capabilities) -> bool:
         """Can a fork confine a kernel in run_dir as well as a cold sandbox would?"""
         inside = any(Path(run_dir).resolve().is_relative_to(r) for r in self.roots)
-        return inside and caps.namespaces and caps.cgroup in ("v1", "v2") and self.socket.exists()
+        return inside and not unavailable(caps) and self.socket.exists()
 
     @classmethod
     def from_env(cls, environ) -> Zygote | None:
@@ -78,11 +80,11 @@ def unavailable(caps: sbx.Capabilities) -> str:
 def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: dict, caps, limits) -> list[str]:
     etc = sbx._write_etc(folder, folder)
     binds = {str(Path(h).resolve()): str(i) for h, i in binds.items()} | {
-        str(SCRIPT): f"{INSIDE}/zygote.py", str(HERE / "kernel_boot.py"): f"{INSIDE}/kernel_boot.py"}
+        str(SCRIPT): f"{INSIDE}/zygote.py", str(HERE / "kernel_boot.py"): BOOT}
+    writable = {r: r for r in roots if r != str(folder)} | {"/proc": HOSTPROC}
     args = sbx._bwrap_args(caps.bwrap, folder, folder, etc, binds, sbx.kernel_env(folder, True, env),
-                           limits.tmp_mb, writable=tuple(r for r in roots if r != str(folder)))
-    hostproc = ["--bind", "/proc", f"{INSIDE}/hostproc"]  # see zygote.HOSTPROC
-    return [*args[:-4], *hostproc, *args[-4:], "--cap-add", "CAP_SYS_ADMIN", "--", sys.executable, f"{INSIDE}/zygote.py",
+                           limits.tmp_mb, writable=writable)
+    return [*args, "--cap-add", "CAP_SYS_ADMIN", "--", sys.executable, f"{INSIDE}/zygote.py",
             "serve", str(folder / "zygote.sock"), *roots]
 
 
@@ -110,7 +112,7 @@ def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo):
         if waited is None:
             yield None
             return
-        (folder / INFO).write_text(json.dumps({"roots": all_roots, "pid": proc.pid, "token": secrets.token_hex(4)}))
+        (folder / INFO).write_text(json.dumps({"roots": all_roots}))
         echo(f"Warm kernels on: the libraries were imported once ({waited:.0f} s); each kernel is a "
              "confined fork of that process.")
         yield zygote

@@ -65,7 +65,8 @@ PROC_COVERS = ("sys", "sysrq-trigger", "irq", "bus")  # what bubblewrap keeps re
 # The host's /proc, bound here for the zygote only: Linux lets a sandbox mount a fresh /proc only
 # if a fully visible one exists in its mount namespace (bwrap's own has covered parts). Every
 # fork hides it under an empty tmpfs before anything else happens.
-HOSTPROC = "/opt/craft-lab/hostproc"
+HOSTPROC_NAME = "hostproc"
+HOSTPROC = os.path.join(os.path.dirname(os.path.abspath(__file__)), HOSTPROC_NAME)  # bound beside this file
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -256,7 +257,8 @@ def _first(conn: socket.socket, request: dict, fds: list[int], roots: list[str])
             _init(request, stdio)  # never returns
         for fd in stdio:
             os.close(fd)
-        code = _relay(conn, init)
+        _relay(conn, init)
+        code = 0
     except BaseException as exc:
         try:
             os.write(2, f"[grader] could not start a warm kernel: {type(exc).__name__}: {exc}\n".encode())
@@ -326,7 +328,7 @@ def _mounts_below(tops: tuple[str, ...], roots: list[str]) -> dict[str, tuple[in
     return {path: (os.open(path, os.O_PATH), found[path]) for path in ordered}
 
 
-def _relay(conn: socket.socket, init: int) -> int:
+def _relay(conn: socket.socket, init: int) -> None:
     """Pass the client's INT on to the kernel; its hang-up or KILL ends the namespace; report the end."""
     while True:
         ready, _, _ = select.select([conn], [], [], 0.2)
@@ -343,7 +345,7 @@ def _relay(conn: socket.socket, init: int) -> int:
                 send(conn, {"exit": code})
             except OSError:
                 pass
-            return 0
+            return
 
 
 def _init(request: dict, stdio: list[int]) -> None:
