@@ -120,7 +120,9 @@ def add_grade_parser(sub) -> None:
     p.add_argument("--cell-timeout", type=int, default=None,
                    help=f"seconds per cell before it is interrupted (default {course.batch_cell_timeout_s})")
     p.add_argument("--timeout", type=int, default=None,
-                   help=f"seconds per notebook before it is killed (default {course.notebook_timeout_s})")
+                   help=f"seconds per notebook before it is killed (default: {course.notebook_timeout_factor:g} x the "
+                        f"reference run's time, at least {course.notebook_timeout_floor_s}, at most "
+                        f"{course.notebook_timeout_s}; course.toml)")
     p.add_argument("--regrade", nargs="*", metavar="STUDENT",
                    help="grade again submissions already graded in --out (all, or these students)")
     p.add_argument("--allow-unsafe", action="store_true",

@@ -23,6 +23,7 @@ formgrader, never here: the reports list them as waiting for manual grading, and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -52,7 +53,7 @@ class Options:
     online: bool = False
     n_images: int | None = None            # default: course.toml grading.n_images
     cell_timeout_s: int | None = None      # default: course.toml grading.batch_cell_timeout_s
-    notebook_timeout_s: int | None = None  # default: course.toml grading.notebook_timeout_s
+    notebook_timeout_s: int | None = None  # default: derived from the reference run (course.toml [grading])
     regrade: bool | list[str] = False      # True: all; a list: these student ids
     allow_unsafe: bool = False             # grade even if this machine lacks a sandbox protection
     warm: bool = True                      # kernels forked from one pre-imported process, where safe (warm.py)
@@ -67,6 +68,16 @@ class Settings:
     workers: int
     threads: int                           # per kernel, so that the workers share the CPUs
     protections_off: tuple[str, ...] = ()  # what the sandbox cannot do on this machine (allowed)
+
+    def after_reference(self, course: Course, opts: Options, seconds: float) -> "Settings":
+        """The per-notebook limit, unless given: a multiple of the reference run's time, within
+        course.toml's floor and cap (a submission has no business running far longer than the
+        reference answers: five sleeps of 295 s should not hold a worker for 20 minutes)."""
+        if opts.notebook_timeout_s:
+            return self
+        limit = int(min(course.notebook_timeout_s, max(course.notebook_timeout_floor_s,
+                                                       course.notebook_timeout_factor * seconds)))
+        return dataclasses.replace(self, notebook_timeout_s=limit, cell_timeout_s=min(self.cell_timeout_s, limit))
 
     @classmethod
     def resolve(cls, course: Course, opts: Options) -> "Settings":
@@ -194,9 +205,10 @@ def gradebooks_phase(course: Course, folders: Folders, roster: dict) -> dict[str
 REFERENCE = "_reference"  # the reference run's job folder (no student id starts with "_")
 
 
-def _probe_seed(folders: Folders) -> int:
-    """The batch's secret probe seed: made once per output folder, kept for later runs and regrades."""
-    path = folders.job(REFERENCE).parent / "probe_seed"
+def _seed(folders: Folders) -> int:
+    """The batch's secret seed (probe, secret images): made once per output folder, kept for later
+    runs and regrades, in a folder no kernel sees, and given to each kernel only as a capture runs."""
+    path = folders.job(REFERENCE).parent / "seed"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(secrets.randbits(31)))
@@ -204,10 +216,11 @@ def _probe_seed(folders: Folders) -> int:
 
 
 def reference_phase(course: Course, opts: Options, settings: Settings, folders: Folders, echo,
-                    zygote: warm.Zygote | None = None) -> Path:
+                    zygote: warm.Zygote | None = None) -> tuple[Path, float]:
     """Run the reference answers through the very pipeline students go through: the trusted
-    artefacts every submission is verified against. Returns the reference's run folder."""
-    from . import artefacts, samples, verify
+    evidence every submission is verified against. Returns the reference's job folder and the
+    seconds it took."""
+    from . import evidence, lab, samples
 
     job_dir = folders.job(REFERENCE)
     shutil.rmtree(job_dir, ignore_errors=True)
@@ -221,17 +234,17 @@ def reference_phase(course: Course, opts: Options, settings: Settings, folders: 
     score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
     worker.Job(student=REFERENCE, source=str(submission), release=str(release_nb),
                cell_timeout_s=settings.cell_timeout_s, allow_unsafe=bool(settings.protections_off),
-               probe_seed=_probe_seed(folders)).write(job_dir)
+               seed=_seed(folders)).write(job_dir)
     echo("Reference run: the reference answers through the same sandbox and checks, for verification...")
     result = worker.run_job(job_dir, _env(course, opts, settings, job_dir, zygote), settings.notebook_timeout_s)
-    autograded = job_dir / "autograded" / REFERENCE / course.assignment / f"{course.notebook}.ipynb"
-    problems = [result.reason] if result.status == "failed" else verify.reference_problems(
-        artefacts.load_run(job_dir / "run"), artefacts.cell_outputs(nbformat.read(autograded, as_version=4)))
+    problems = [result.reason] if result.status == "failed" else lab.load(course).reference_problems(
+        evidence.Store(job_dir / worker.EVIDENCE).load(),
+        evidence.displayed(nbformat.read(worker.autograded_path(job_dir, REFERENCE), as_version=4)), _seed(folders))
     if problems or result.total() < sum(result.max_tests.values()):
         raise SystemExit("The reference answers do not pass in this grading setup, so no submission can be "
                          f"verified. See {job_dir / worker.LOG}. Problems: {'; '.join(problems) or result.reason}")
-    echo(f"Reference run: full marks, artefacts verified ({result.seconds:.0f} s).")
-    return job_dir / "run"
+    echo(f"Reference run: full marks, evidence verified ({result.seconds:.0f} s).")
+    return job_dir, result.seconds
 
 
 def _env(course: Course, opts: Options, settings: Settings, job_dir: Path,
@@ -259,7 +272,7 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folde
     kept: dict[str, GradingResult] = {}
     todo = []
     release_nb = folders.template / "release" / course.assignment / f"{course.notebook}.ipynb"
-    seed = _probe_seed(folders)
+    seed = _seed(folders)
     for sid, f in sorted(found.submissions.items()):
         job_dir = folders.job(sid)
         if (job_dir / MERGED).exists() and not _wants_regrade(opts, sid):
@@ -272,7 +285,7 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folde
         score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
         worker.Job(student=sid, source=str(f.path), release=str(release_nb), cell_timeout_s=settings.cell_timeout_s,
                    file=f.relpath, sha256=f.sha256, allow_unsafe=bool(settings.protections_off),
-                   probe_seed=seed, reference_run=str(reference)).write(job_dir)
+                   seed=seed, reference_job=str(reference)).write(job_dir)
         todo.append((sid, f, job_dir))
     if kept:
         echo(f"{len(kept)} submissions already graded in {opts.out} (same files): kept. "
@@ -446,11 +459,12 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     tests = tests_in_order(course, max_tests)
     if opts.online:
         prefetch_online(course, grading_env(course, online=True, n_images=settings.n_images), echo)
-    kept, todo = jobs_phase(course, opts, settings, folders, found, folders.job(REFERENCE) / "run", echo)
+    kept, todo = jobs_phase(course, opts, settings, folders, found, folders.job(REFERENCE), echo)
     merger = Merger(course, folders, todo, roster, tests, max_tests, echo)
     with warm_kernels(course, opts, settings, folders, bool(todo), echo) as zygote:
         if todo:
-            reference_phase(course, opts, settings, folders, echo, zygote)
+            _, seconds = reference_phase(course, opts, settings, folders, echo, zygote)
+            settings = settings.after_reference(course, opts, seconds)
         echo(f"Grading {len(todo)} submissions with {settings.workers} worker(s), "
              f"{'online' if opts.online else 'offline'}, {settings.n_images} images, limits "
              f"{settings.cell_timeout_s} s per cell and {settings.notebook_timeout_s} s per notebook")

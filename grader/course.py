@@ -26,6 +26,8 @@ class Course:
     cell_timeout_s: int
     batch_cell_timeout_s: int = 300
     notebook_timeout_s: int = 1200
+    notebook_timeout_factor: float = 6.0
+    notebook_timeout_floor_s: int = 300
     named_regexps: tuple[str, ...] = ()
 
     @property
@@ -65,6 +67,8 @@ def load(path: Path = GRADER_DIR / "course.toml") -> Course:
                   grading_n_images=int(g["n_images"]), cell_timeout_s=int(g["cell_timeout_s"]),
                   batch_cell_timeout_s=int(g.get("batch_cell_timeout_s", 300)),
                   notebook_timeout_s=int(g.get("notebook_timeout_s", 1200)),
+                  notebook_timeout_factor=float(g.get("notebook_timeout_factor", 6.0)),
+                  notebook_timeout_floor_s=int(g.get("notebook_timeout_floor_s", 300)),
                   named_regexps=tuple(data.get("collect", {}).get("named_regexps", ())))
 
 

@@ -33,15 +33,18 @@ from . import course as course_mod
 from . import gpu
 from . import repair as repair_mod
 from .course import GRADER_DIR, ROOT
-from .execute import KERNEL_DIED, KERNEL_HUNG, NOT_RUN, TIMING_KEY, cell_label
+from .execute import TIMING_KEY, cell_label, outcome
 from .results import GradingResult, write_json
 
 RESULT = "result.json"
 JOB = "job.json"
 BOOT = "/opt/craft-lab/kernel_boot.py"  # where the kernel's entry point is bound in the sandbox
 LOG = "worker.log"
+EVIDENCE = "evidence"               # what the captures sent, as the worker received it
 VERIFICATION = "verification.json"  # each graded cell's verdict and any tampering evidence
 MARKER = "CRAFT_LAB_JOB"
+# Exception names a student knows, for the private ones Python raises in their place.
+PUBLIC_NAMES = {"_IncompleteInputError": "SyntaxError"}
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -83,8 +86,8 @@ def kill_tree(pid: int, marker: str | None = None) -> int:
 
 
 # What each worker needs, imported once by the batch's fork server instead of once per submission
-PRELOAD = ("grader.worker", "grader.execute", "grader.verify", "grader.score", "grader.sandbox", "grader.warm",
-           "grader.artefacts", "grader.repair", "nbgrader.converters", "nbgrader.preprocessors", "nbconvert",
+PRELOAD = ("grader.worker", "grader.execute", "grader.verdicts", "grader.evidence", "grader.replay", "grader.score",
+           "grader.sandbox", "grader.warm", "grader.repair", "nbgrader.converters", "nbgrader.preprocessors", "nbconvert",
            "nbclient", "jupyter_client", "psutil")
 _forkserver = None
 
@@ -172,10 +175,12 @@ def _wait(proc, timeout_s: float, marker: str) -> bool:
 
 # ----------------------------------------------------------------------------- child side
 
-def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=None, probe_seed: int | None = None):
+def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=None, seed: int | None = None,
+                    evidence_dir: Path | None = None):
     """nbgrader_config.py, plus this module's settings: hidden tests removed before the notebook
     is written or run (the kernel never sees them, nor does the feedback page), our Execute,
-    the kernel in run_dir and, when given, in the sandbox."""
+    the kernel in run_dir and, when given, in the sandbox; with evidence_dir and seed, the
+    lab's captures run and their evidence is written there."""
     from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: F401  (nbgrader needs it)
     from nbgrader.converters import Autograde
     from nbgrader.preprocessors import ClearHiddenTests, Execute, OverwriteCells
@@ -195,7 +200,9 @@ def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=No
     extra.ResilientExecute.timeout = int(cell_timeout_s)
     if run_dir is not None:
         extra.ResilientExecute.run_dir = str(run_dir)
-        extra.ResilientExecute.probe_seed = probe_seed
+    if evidence_dir is not None and seed is not None:
+        extra.ResilientExecute.evidence_dir = str(evidence_dir)
+        extra.ResilientExecute.capture_seed = seed
     extra.HTMLExporter.template_name = "feedback"
     cfg.merge(extra)
     if sandbox is not None:
@@ -232,8 +239,8 @@ class Job:
     file: str = ""
     sha256: str = ""
     allow_unsafe: bool = False   # grade even where the sandbox lacks a protection (the TA said so)
-    probe_seed: int | None = None  # the batch's secret probe (None: no captures, no verification)
-    reference_run: str = ""      # run folder of the batch's trusted reference run ("": this IS it)
+    seed: int | None = None      # the batch's secret seed (None: no captures, no verification)
+    reference_job: str = ""      # job folder of the batch's trusted reference run ("": this IS it)
 
     def write(self, job_dir: Path) -> None:
         write_json(job_dir / JOB, asdict(self))
@@ -243,30 +250,35 @@ class Job:
         return cls(**json.loads((job_dir / JOB).read_text()))
 
 
+def _error_text(cell) -> tuple[str, str]:
+    """(name, first line) of a cell's first error output: the kernel's words, for notes only."""
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            name = str(out.get("ename", ""))
+            return PUBLIC_NAMES.get(name, name), " ".join(str(out.get("evalue", "")).split())[:100]
+    return "", ""
+
+
 def _cell_problems(nb, cell_timeout_s: int) -> tuple[list[str], list[str]]:
-    """(notes, review) from the outputs of the autograded notebook, kernel deaths included."""
+    """(notes, review) from the grader's own record of each code cell's run (ResilientExecute's,
+    in the cell's metadata): never from error names or texts, which the kernel prints."""
     unanswered, errors, timeouts, stops = [], [], [], []
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        label = cell_label(cell, index)
-        names = [out.get("ename", "") for out in cell.get("outputs", []) if out.get("output_type") == "error"]
-        evalues = [out.get("evalue", "") for out in cell.get("outputs", []) if out.get("output_type") == "error"]
-        if KERNEL_DIED in names:
+        label, how = cell_label(cell, index), outcome(cell)
+        if how == "died":
             stops.append(f"the kernel died in {label}: the cells after it were not run")
-        elif KERNEL_HUNG in names:
-            stops.append(f"the kernel stopped responding in {label} and was stopped; "
-                         "the cells after it were not run")
-        if "CellTimeoutError" in names:
+        elif how == "hung":
+            stops.append(f"the kernel stopped responding in {label} and was stopped; the cells after it were not run")
+        elif how == "timeout":
             timeouts.append(label)
-        elif not names or names[0] in (NOT_RUN, KERNEL_DIED, KERNEL_HUNG) \
-                or nbu.is_grade(cell) or nbu.is_locked(cell):
-            continue  # a failing test or a provided cell: the scores say it
-        elif names[0] == "NotImplementedError" and nbu.is_solution(cell):
-            unanswered.append(label)
-        else:
-            value = " ".join(str(evalues[0]).split())[:100]
-            errors.append(f"{label} ({names[0]}: {value})" if value else f"{label} ({names[0]})")
+        elif how == "error" and not (nbu.is_grade(cell) or nbu.is_locked(cell)):
+            name, value = _error_text(cell)
+            if name == "NotImplementedError" and nbu.is_solution(cell):
+                unanswered.append(label)
+            else:
+                errors.append(f"{label} ({name}: {value})" if value else f"{label} ({name})")
     notes = [f"not answered: {', '.join(unanswered)}"] if unanswered else []
     notes += [f"errors in: {'; '.join(errors)}"] if errors else []
     review = [f"ran past the {cell_timeout_s} s cell limit and was interrupted: {', '.join(timeouts)}"] \
@@ -310,16 +322,17 @@ def _logger(student: str) -> logging.Logger:
     return log
 
 
-def _run_dir(job_dir: Path) -> Path:
-    """The kernel's folder: the lab's helper files only. The notebook nbgrader writes (and the
-    gradebook) stay outside it, so nothing the kernel writes there is read back as trusted."""
+def _run_dir(job_dir: Path, name: str = "run") -> Path:
+    """A kernel's folder: the lab's helper files only. The notebook nbgrader writes, the evidence
+    and the gradebook stay outside it; the grader never reads anything back from it."""
+    from . import lab
+
     course = course_mod.load()
-    run_dir = job_dir / "run"
+    run_dir = job_dir / name
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
-    for helper in course.source_dir.iterdir():
-        if helper.is_file() and helper.suffix == ".py":
-            shutil.copyfile(helper, run_dir / helper.name)
+    for helper in lab.load(course).SUPPORT_FILES:
+        shutil.copyfile(course.source_dir / helper, run_dir / helper)
     return run_dir
 
 
@@ -365,19 +378,19 @@ def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
     with sandbox:
         os.environ.update(sandbox.jupyter_env())
         with _stage(result, "autograde"):
-            error = _run_app(Autograde, nbgrader_config(job.cell_timeout_s, run_dir, sandbox, job.probe_seed),
-                             course.assignment, job.student, log)
+            config = nbgrader_config(job.cell_timeout_s, run_dir, sandbox, job.seed, job_dir / EVIDENCE)
+            error = _run_app(Autograde, config, course.assignment, job.student, log)
         left = sandbox.cleanup()
     if left:
         result.notes.append(f"{left} process(es) left running by the submission were killed")
-    autograded = job_dir / "autograded" / job.student / course.assignment / f"{course.notebook}.ipynb"
+    autograded = autograded_path(job_dir, job.student)
     if error or not autograded.exists():
         result.reason = f"nbgrader autograde failed ({error or 'no autograded notebook'}); see worker.log"
         return False
     nb = nbformat.read(autograded, as_version=4)
     notes, review = _cell_problems(nb, job.cell_timeout_s)
-    result.notes += notes
-    result.review += review + [reason for reason in [gpu.gpu_reason(nb)] if reason]
+    result.notes += notes + [reason for reason in [gpu.gpu_reason(nb)] if reason]
+    result.review += review
     result.cell_seconds = cell_seconds(nb)
     _split_autograde(result, nb.metadata.get(TIMING_KEY, {}))
     return True
@@ -411,27 +424,62 @@ def _feedback(job: Job, result: GradingResult) -> None:
         result.notes.append(f"no feedback file: nbgrader generate_feedback failed ({error})")
 
 
-def _verify(job: Job, job_dir: Path, result: GradingResult) -> None:
-    """The trusted side: each graded cell's points from the artefacts the kernel saved, compared
-    with the batch's reference run; the in-kernel scores only serve to spot tampering."""
+def autograded_path(job_dir: Path, student: str) -> Path:
+    course = course_mod.load()
+    return job_dir / "autograded" / student / course.assignment / f"{course.notebook}.ipynb"
+
+
+def write_notebook(nb, path: Path) -> None:
+    """Write a notebook atomically (nbgrader leaves the autograded copy read-only)."""
     import nbformat
 
-    from . import artefacts, score, verify
+    tmp = path.with_name(path.name + ".tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(path)
+
+
+def _replayer(job: Job, job_dir: Path, result: GradingResult, lab):
+    """The lab's replays of this submission, in a sandboxed kernel of their own (grader/replay.py)."""
+    from . import replay
+
+    def run(requests):
+        with _stage(result, "replay"):
+            run_dir = _run_dir(job_dir, "replay")
+            with _sandbox(job, run_dir) as sandbox:
+                done = replay.run(requests, lab.REPLAY_SOURCE, lab.context(job.seed), sandbox, run_dir,
+                                  job.cell_timeout_s, _logger(job.student))
+        result.notes.append(f"{len(requests)} trusted recomputation(s) on the student's own values "
+                            f"({', '.join(r.name for r in requests)})")
+        return done
+    return run
+
+
+def _verify(job: Job, job_dir: Path, result: GradingResult) -> None:
+    """The trusted side: each graded cell's points from the evidence the captures sent, compared
+    with the batch's reference run and with trusted recomputations; the in-kernel scores only
+    serve to spot tampering."""
+    import nbformat
+
+    from . import evidence, lab, score, verdicts
 
     course = course_mod.load()
-    autograded = job_dir / "autograded" / job.student / course.assignment / f"{course.notebook}.ipynb"
+    graded = lab.load(course)
+    reference = Path(job.reference_job)
+    autograded = autograded_path(job_dir, job.student)
     nb = nbformat.read(autograded, as_version=4)
-    verdicts = verify.verify(artefacts.load_run(job_dir / "run"), artefacts.load_run(Path(job.reference_run)),
-                             artefacts.cell_outputs(nb))
-    scores, evidence = verify.decide(verdicts, {t: v or 0.0 for t, v in result.kernel_tests.items()},
-                                     result.max_tests)
+    ref_nb = nbformat.read(autograded_path(reference, reference.name), as_version=4)
+    cells = graded.check(evidence.Store(job_dir / EVIDENCE).load(), evidence.Store(reference / EVIDENCE).load(),
+                         evidence.displayed(nb), evidence.displayed(ref_nb), job.seed,
+                         _replayer(job, job_dir, result, graded))
+    scores, tampering = verdicts.decide(cells, {t: v or 0.0 for t, v in result.kernel_tests.items()},
+                                        result.max_tests)
     score.set_auto_scores(job_dir / "gradebook.db", course.assignment, job.student, scores)
     result.tests = scores
-    result.review += [f"possible tampering: {e.summary()}" for e in evidence]
-    write_json(job_dir / VERIFICATION, {"verdicts": {g: v.to_dict() for g, v in verdicts.items()},
-                                        "evidence": [e.to_dict() for e in evidence]})
-    verify.annotate(nb, verdicts)
-    nbformat.write(nb, autograded)
+    result.review += [f"possible tampering: {t.summary()}" for t in tampering]
+    write_json(job_dir / VERIFICATION, {"verdicts": {g: v.to_dict() for g, v in cells.items()},
+                                        "tampering": [t.to_dict() for t in tampering]})
+    verdicts.annotate(nb, cells)
+    write_notebook(nb, autograded)
 
 
 def grade_here(job_dir: Path) -> GradingResult:
@@ -447,7 +495,7 @@ def grade_here(job_dir: Path) -> GradingResult:
     gradebook = job_dir / "gradebook.db"
     result.kernel_tests = score.auto_scores(gradebook, course.assignment, job.student)
     result.max_tests = score.max_scores(gradebook, course.assignment)
-    if job.reference_run:
+    if job.reference_job:
         with _stage(result, "verify"):
             _verify(job, job_dir, result)
     else:  # the reference run itself (trusted code), or verification off in a test

@@ -375,16 +375,19 @@ def batchnorm_changes(model, snapshot: dict) -> list[str]:
             if not (state[name].cpu() == before.cpu()).all()]
 
 
-def reference_split(model):
-    """The split the lab asks for: g = the first 8 children, h = pooling, flatten, model.fc."""
+def reference_split(model, layers: int = 8):
+    """The split the lab asks for: g = the first `layers` children (8: up to layer4, 7: up to
+    layer3); h = the rest (layer4 when cut after layer3), pooling, flatten, model.fc."""
     from torch import nn
 
     children = list(model.children())
-    return nn.Sequential(*children[:8]), nn.Sequential(model.avgpool, nn.Flatten(), model.fc)
+    return (nn.Sequential(*children[:layers]),
+            nn.Sequential(*children[layers:8], model.avgpool, nn.Flatten(), model.fc))
 
 
-def split_problem(model, g, h) -> str | None:
-    """Why (g, h) is not a valid split of model, or None when h(g(x)) == model(x) with the expected g."""
+def split_problem(model, g, h, layers: int = 8) -> str | None:
+    """Why (g, h) is not a valid split of model after `layers` children, or None when g is those
+    children and h(g(x)) == model(x)."""
     import copy
 
     import torch
@@ -395,35 +398,37 @@ def split_problem(model, g, h) -> str | None:
         model_c, g_c, h_c = copy.deepcopy((model, g, h))
         for module in (model_c, g_c, h_c):
             module.eval()
-        ref_g, _ = reference_split(model_c)
+        ref_g, _ = reference_split(model_c, layers)
         device = next(model_c.parameters()).device
-        probe = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(SEED)).to(device)
+        side = 256 if layers == 8 else 128
+        probe = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(SEED)).to(device)
         with torch.no_grad():
             latent, expected = g_c(probe), ref_g(probe)
             if latent.shape != expected.shape or not torch.equal(latent, expected):
-                return f"g(x) has shape {tuple(latent.shape)} or values unlike the first 8 children"
+                return f"g(x) has shape {tuple(latent.shape)} or values unlike the first {layers} children"
             gap = (h_c(expected) - model_c(probe)).abs().max().item()
     except Exception as exc:  # a broken answer: any error means "not valid"
         return f"{type(exc).__name__}: {exc}"
     return None if gap < 1e-4 else f"h(g(x)) differs from model(x) by up to {gap:.3g}"
 
 
-def continue_with_valid_split(model, g, h):
+def continue_with_valid_split(model, g, h, layers: int = 8):
     """Return the (g, h) the rest of the notebook should use.
 
     Under nbgrader autograde, a wrong split is replaced by the reference one, so that
-    each later task is graded on its own and a mistake in Task 2 costs only Task 2's
+    each later task is graded on its own and a mistake in the split costs only its own
     points. Everywhere else your split is kept as it is, with a warning if it is wrong.
     """
-    problem = split_problem(model, g, h)
+    names = ("g", "h") if layers == 8 else (f"g{layers - 4}", f"h{layers - 4}")
+    problem = split_problem(model, g, h, layers)
     if problem is None:
-        print("Split OK: h(g(x)) == model(x).")
+        print(f"Split OK: {names[1]}({names[0]}(x)) == model(x).")
         return g, h
     if os.environ.get("NBGRADER_EXECUTION") == "autograde":
         print(f"Grader: your split is not valid ({problem}). The next tasks run with the "
-              "reference g and h, so they are graded on their own; Task 2 keeps its score.")
-        return reference_split(model)
-    print(f"WARNING: your split is not valid ({problem}). Fix Task 2 before going on: "
+              f"reference {names[0]} and {names[1]}, so they are graded on their own; this task keeps its score.")
+        return reference_split(model, layers)
+    print(f"WARNING: your split is not valid ({problem}). Fix it before going on: "
           "the next steps would explain the wrong function.")
     return g, h
 
