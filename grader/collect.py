@@ -145,9 +145,9 @@ def unpack(source: Path, dest: Path) -> Path:
     return unpack_all(source, dest).root
 
 
-def _words(text: str) -> str:
+def _words(value: str) -> str:
     """Lower-case text with every run of non-alphanumerics turned into one space, padded."""
-    return " " + re.sub(r"[^0-9a-z]+", " ", text.lower()).strip() + " "
+    return " " + re.sub(r"[^0-9a-z]+", " ", value.lower()).strip() + " "
 
 
 def _roster_hits(relpath: str, roster: dict[str, Student]) -> list[str]:
@@ -203,7 +203,7 @@ def collect(folder: Path, notebook: str, named_regexps=(), roster: dict[str, Stu
         if path in refusals:
             found.status, found.reason = "refused", refusals.pop(path).reason
             continue
-        if any(part in IGNORED_PARTS or part.startswith(".") for part in rel.parts):
+        if _skipped(rel.parts):
             found.status, found.reason = "ignored", "hidden or system file"
             continue
         if path.suffix.lower() != ".ipynb":

@@ -353,6 +353,28 @@ def test_too_many_members_are_refused(tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_oversized_headers_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    """A zip's central directory and a tar's pax header are read into memory: bounded first."""
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 5)  # a central directory of at most 5 KiB
+    monkeypatch.setattr(archive, "MAX_HEADER_BYTES", 1024)
+    long_names = tmp_path / "s009.zip"
+    with zipfile.ZipFile(long_names, "w") as z:
+        for i in range(2):  # 2 members (under 5) whose directory entries carry 4 KB of extra field each
+            info = zipfile.ZipInfo(f"f{i}.txt")
+            info.extra = struct.pack("<HH", 0xCAFE, 4000) + bytes(4000)
+            z.writestr(info, b"x")
+    pax = tmp_path / "s010.tar"
+    with tarfile.open(pax, "w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("craft_lab.ipynb")
+        info.size, info.pax_headers = len(NB), {"comment": "x" * 4000}
+        t.addfile(info, io.BytesIO(NB))
+    for bad, says in ((long_names, "central directory"), (pax, "extended header")):
+        (tmp_path / bad.stem).mkdir()
+        refused = archive.unpack(bad, tmp_path / bad.stem)
+        assert len(refused) == 1 and says in refused[0].reason, refused
+        assert list((tmp_path / bad.stem).iterdir()) == []
+
+
 def test_modes_owners_and_times_from_the_archive_are_not_applied(tmp_path):
     inbox = tmp_path / "in"
     make_zip(inbox / "s001.zip", {"bin/": (b"", stat.S_IFDIR | 0o777),
