@@ -38,8 +38,8 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 # Bounds. Read at the time of each check, so a test or a TA with a genuine huge download
 # can change them (grader.archive.MAX_ARCHIVE_BYTES = ...).
-MAX_ARCHIVE_BYTES = 2 * GiB   # one archive with all the archives nested in it: a class's notebooks are
-#                               1-10 MB each, so an LMS download of 200 students is well under 2 GiB
+MAX_ARCHIVE_BYTES = 2 * GiB   # one archive with all the archives nested in it: a notebook is 1-10 MB,
+#                               so this holds an LMS download of 200 students even at 10 MB each
 MAX_TOTAL_BYTES = 8 * GiB     # all archives of one collection together (a folder of per-student zips)
 MAX_MEMBERS = 10_000          # files and folders in one archive with its nested ones: 500 students with
 #                               a dozen files each (checkpoints, __MACOSX copies) stay under it
@@ -470,7 +470,10 @@ class _Unpacker:
                 elif archive_kind(name) and not self.skip((rel / name).parts):
                     archives.append((path, target))
                 else:
-                    _copy(path, target)
+                    try:
+                        _copy(path, target)
+                    except (OSError, Refused) as exc:
+                        self.refuse(target, f"could not be copied ({exc}); check the file's permissions")
         for path, target in archives:
             self.archive(path, target.with_name(unpacked_name(target.name)), target, depth=1)
 

@@ -18,8 +18,8 @@ UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 # A cell starting with one of these is run as a formula by Excel, LibreOffice or Google
-# Sheets (OWASP "CSV injection"), including the full-width forms some of them accept.
-FORMULA_STARTS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
+# Sheets (OWASP "CSV injection"), including the full-width (and small) forms some accept.
+FORMULA_STARTS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20\ufe66\ufe62\ufe63\ufe6b")
 
 # Characters with a meaning in (GitHub-flavoured) markdown inside a table cell, made
 # literal with a backslash: emphasis, strike-through, links and images, math.
@@ -71,6 +71,6 @@ def markdown_cell(value: object) -> str:
 def csv_cell(value: object) -> str:
     """A text cell for a CSV file a TA opens in a spreadsheet: `terminal()` first, then a
     leading apostrophe if the text would start a formula (= + - @, tab, CR, or their
-    full-width forms, after leading spaces). Numeric columns should not go through this."""
+    full-width forms, after any leading white space). Numeric columns should not go through this."""
     text = terminal(value)
-    return "'" + text if text.lstrip(" ")[:1] in FORMULA_STARTS else text
+    return "'" + text if text.lstrip()[:1] in FORMULA_STARTS else text

@@ -40,7 +40,8 @@ def test_terminal_keeps_one_line_and_a_limit():
 
 
 def test_markdown_cell_cannot_break_the_table_or_render_markup():
-    cell = text.markdown_cell("a | b\nc `code` <script>alert(1)</script> *bold* _em_ [x](https://evil.example) $x$ &amp;")
+    cell = text.markdown_cell("a | b\nc `code` <script>alert(1)</script> *bold* _em_ "
+                              "[x](https://evil.example) $x$ &amp;")
     assert not re.search(r"(?<!\\)\|", cell)  # every pipe escaped
     assert "<" not in cell and ">" not in cell and "`" not in cell and "&amp;amp;" in cell
     assert "\\*bold\\*" in cell and "\\_em\\_" in cell and "\\[x\\]\\(https\\://evil" in cell and "\\$x\\$" in cell
@@ -49,7 +50,7 @@ def test_markdown_cell_cannot_break_the_table_or_render_markup():
     assert text.markdown_cell("see www.evil.example") == "see www\\.evil.example"
 
 
-@pytest.mark.parametrize("raw", [FORMULA, "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1", "  =1",
+@pytest.mark.parametrize("raw", [FORMULA, "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1", "  =1", "\u00a0\u3000=1",
                                  "\uff1dcmd|' /C calc'!A0", "\uff0b1", "\uff0d1", "\uff20x"])
 def test_csv_cell_never_starts_a_formula(raw):
     cell = text.csv_cell(raw)
