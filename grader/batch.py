@@ -36,7 +36,7 @@ from pathlib import Path
 import nbformat
 from nbgrader import utils as nbu
 
-from . import collect, report, score, warm, worker
+from . import collect, report, score, text, warm, worker
 from .course import Course, grading_env, lab_module
 from .results import STATUSES, GradingResult
 
@@ -171,14 +171,14 @@ def tests_in_order(course: Course, max_tests: dict[str, float]) -> list[str]:
 def collect_phase(course: Course, opts: Options, out: Path, echo):
     roster = collect.read_roster(opts.roster) if opts.roster else None
     mapping = collect.read_mapping(opts.mapping) if opts.mapping else None
-    root = collect.unpack(opts.submissions, out / "collected")
-    found = collect.collect(root, course.notebook, course.named_regexps, roster, mapping)
+    unpacked = collect.unpack_all(opts.submissions, out / "collected")
+    found = collect.collect(unpacked.root, course.notebook, course.named_regexps, roster, mapping, unpacked.refused)
     collect.write_report(found, out / "collect.csv")
     echo(f"Collected {len(found.submissions)} submissions from {opts.submissions} "
          f"({len(found.files)} files; details in {out / 'collect.csv'})")
     for f in found.files:
-        if f.status in ("unmapped", "superseded"):
-            echo(f"  {f.status.upper()}: {f.relpath}: {f.reason}")
+        if f.status in ("unmapped", "superseded", "refused"):
+            echo(f"  {f.status.upper()}: {text.terminal(f.relpath)}: {text.terminal(f.reason)}")
     return found, roster or {}
 
 
@@ -345,8 +345,9 @@ class Merger:
         elapsed = time.monotonic() - self.started
         left = (self.total - self.done) * elapsed / self.done
         got = f"{result.total(self.tests):g}/{self.full:g}"
-        why = f"  {result.reason}" if result.status != "graded" else ""
-        return (f"[{self.done:>{len(str(self.total))}}/{self.total}] {result.student:<{self.width}} {got:>7}  "
+        why = f"  {text.terminal(result.reason)}" if result.status != "graded" else ""
+        student = text.terminal(result.student)
+        return (f"[{self.done:>{len(str(self.total))}}/{self.total}] {student:<{self.width}} {got:>7}  "
                 f"{result.status:<6} {result.seconds:>5.0f} s | elapsed {_clock(elapsed)}, "
                 f"~{_clock(left)} left{why}")
 

@@ -1,9 +1,11 @@
 """Find the submissions a TA downloaded and map each one to a student id.
 
-Input: a folder or a zip file, as TAs get them: loose .ipynb files with Colab names
+Input: a folder or an archive, as TAs get them: loose .ipynb files with Colab names
 ("Copy of lab5.ipynb", "lab5 (1).ipynb"), one folder per student, an LMS download zip,
-or zips inside a folder. Archives are unpacked with nbgrader's own ExtractorPlugin /
-unzip (the code behind `nbgrader zip_collect`), into the output folder, never in place.
+or archives (.zip, .tar, .tar.gz, .gz) inside a folder. Archives are unpacked by
+archive.py into the output folder, never in place, each archive inside a folder into a
+folder named after it (as `nbgrader zip_collect` does). An archive that is unsafe or
+damaged is refused: listed with the reason, and the rest is collected and graded.
 
 Each .ipynb file is mapped to a student id by, in this order:
   1. the --map CSV (columns file, student_id), by relative path or by file name;
@@ -20,14 +22,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import archive, text
+
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 IGNORED_PARTS = {"__MACOSX", ".ipynb_checkpoints", "__pycache__"}
-ARCHIVES = (".zip", ".gz")  # what nbgrader's ExtractorPlugin unpacks
 COPY_SUFFIX = re.compile(r"\s*\((\d+)\)$")  # "lab5 (1)" from a second download
 COPY_PREFIX = re.compile(r"^(copy of\s+)+", re.I)  # Colab's "Copy of lab5"
 
@@ -39,7 +43,7 @@ class Found:
     relpath: str              # its path relative to the top folder, with /
     student: str | None = None
     rule: str = ""            # which rule mapped it: map, regexp, roster
-    status: str = "unmapped"  # submission, superseded, unmapped, ignored
+    status: str = "unmapped"  # submission, superseded, unmapped, ignored, refused (an archive not unpacked)
     reason: str = ""
     timestamp: str | None = None
     sha256: str = ""
@@ -58,6 +62,16 @@ class Collection:
     @property
     def unmapped(self) -> list[Found]:
         return [f for f in self.files if f.status == "unmapped"]
+
+    @property
+    def refused(self) -> list[Found]:
+        return [f for f in self.files if f.status == "refused"]
+
+
+@dataclass
+class Unpacked:
+    root: Path                       # the folder to search for notebooks
+    refused: list[archive.Refusal]   # archives (and links) not unpacked, with the reason
 
 
 @dataclass(frozen=True)
@@ -101,27 +115,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def unpack(source: Path, dest: Path) -> Path:
-    """Copy or unpack `source` (a folder or an archive) into `dest`; return the folder to search.
+def _skipped(parts: tuple[str, ...]) -> bool:
+    """Paths collect() ignores: their archives are not unpacked either."""
+    return any(part in IGNORED_PARTS or part.startswith(".") for part in parts)
 
-    Uses nbgrader's ExtractorPlugin (folders: archives inside are unpacked into a folder of
-    their name, as `nbgrader zip_collect` does) and nbgrader.utils.unzip (a top-level archive).
-    """
-    from nbgrader.plugins import ExtractorPlugin
-    from nbgrader.utils import unzip
 
+def unpack_all(source: Path, dest: Path) -> Unpacked:
+    """Copy or unpack `source` (a folder or an archive) into a new `dest` (see archive.unpack:
+    archives inside are unpacked into a folder of their name, unsafe ones refused); return the
+    folder to search and what was refused."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     source = source.resolve()
-    if source.is_dir():
-        ExtractorPlugin().extract(str(source), str(dest))
-    elif source.suffix.lower() in ARCHIVES:
-        unzip(str(source), str(dest), zip_ext=list(ARCHIVES), create_own_folder=False, tree=True)
-    elif source.is_file():
-        shutil.copy2(source, dest / source.name)
-    else:
-        raise FileNotFoundError(f"no such file or folder: {source}")
+    refused = archive.unpack(source, dest, skip=_skipped)
     # An archive that wraps everything in one folder: that folder names no student, look inside.
     root = dest
     while not source.is_dir():
@@ -129,12 +136,18 @@ def unpack(source: Path, dest: Path) -> Path:
         if len(entries) != 1 or not entries[0].is_dir():
             break
         root = entries[0]
-    return root
+    return Unpacked(root, refused)
 
 
-def _words(text: str) -> str:
+def unpack(source: Path, dest: Path) -> Path:
+    """unpack_all(source, dest).root: the folder to search, for a caller that does not report
+    refused archives (collect_phase uses unpack_all)."""
+    return unpack_all(source, dest).root
+
+
+def _words(value: str) -> str:
     """Lower-case text with every run of non-alphanumerics turned into one space, padded."""
-    return " " + re.sub(r"[^0-9a-z]+", " ", text.lower()).strip() + " "
+    return " " + re.sub(r"[^0-9a-z]+", " ", value.lower()).strip() + " "
 
 
 def _roster_hits(relpath: str, roster: dict[str, Student]) -> list[str]:
@@ -176,16 +189,21 @@ def _preference(found: Found, notebook: str):
 
 
 def collect(folder: Path, notebook: str, named_regexps=(), roster: dict[str, Student] | None = None,
-            mapping: dict[str, str] | None = None) -> Collection:
-    """Map every .ipynb under `folder` (already unpacked) to a student id."""
+            mapping: dict[str, str] | None = None, refused: list[archive.Refusal] = ()) -> Collection:
+    """Map every .ipynb under `folder` (already unpacked) to a student id. `refused`: what
+    unpack_all refused, listed with status refused (in place of the archive's own row)."""
     result = Collection(root=folder)
     mapping = mapping or {}
+    refusals = {r.path: r for r in refused}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder)
         relpath = rel.as_posix()
         found = Found(path=path, relpath=relpath)
         result.files.append(found)
-        if any(part in IGNORED_PARTS or part.startswith(".") for part in rel.parts):
+        if path in refusals:
+            found.status, found.reason = "refused", refusals.pop(path).reason
+            continue
+        if _skipped(rel.parts):
             found.status, found.reason = "ignored", "hidden or system file"
             continue
         if path.suffix.lower() != ".ipynb":
@@ -225,6 +243,10 @@ def collect(folder: Path, notebook: str, named_regexps=(), roster: dict[str, Stu
             continue
         found.student, found.rule, found.status = sid, rule, "submission"
 
+    for r in refusals.values():  # not under `folder` as files: the archive was never copied there
+        relpath = Path(os.path.relpath(r.path, folder)).as_posix()
+        result.files.append(Found(path=r.path, relpath=relpath, status="refused", reason=r.reason))
+
     by_student: dict[str, list[Found]] = {}
     for found in result.files:
         if found.status == "submission":
@@ -240,12 +262,13 @@ def collect(folder: Path, notebook: str, named_regexps=(), roster: dict[str, Stu
 
 
 def write_report(collection: Collection, path: Path) -> None:
-    """collect.csv: every file seen, the student it maps to and why (or why not)."""
+    """collect.csv: every file seen, the student it maps to and why (or why not). The names and
+    reasons come from the submissions: their cells are made inert (text.csv_cell)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["file", "status", "student_id", "rule", "reason", "sha256"])
         for found in collection.files:
-            w.writerow([found.relpath, found.status, found.student or "", found.rule, found.reason,
-                        found.sha256])
+            w.writerow([text.csv_cell(found.relpath), found.status, text.csv_cell(found.student or ""),
+                        found.rule, text.csv_cell(found.reason), found.sha256])
     tmp.replace(path)

@@ -9,6 +9,9 @@
 - scores.png: a heatmap of points per test across students, and a histogram of totals;
 - feedback/<student>/<notebook>.html: nbgrader generate_feedback's page, or for a
   submission that could not be graded, a page that says why.
+
+Student ids, reasons, notes and file names come from the submissions: text.py makes them
+inert in each of these (a CSV cell, a markdown cell, a terminal line, HTML).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 from . import course as course_mod
+from . import text
 from .course import GRADER_DIR
 from .results import STATUSES, GradingResult
 
@@ -61,10 +65,10 @@ def write_results(results: list[GradingResult], scores: Points, tests: list[str]
         w.writerow(["student_id", "status", "score", "max_score", "waiting_manual", *tests, "reason", "notes",
                     "file", "seconds"])
         for r in sorted(results, key=lambda r: r.student):
-            w.writerow([r.student, r.status, _fmt(total(scores, r.student, tests)), _fmt(sum(max_tests.values())),
-                        " ".join(waiting.get(r.student, [])),
-                        *[_fmt(points(scores, r.student, t)) for t in tests], r.reason,
-                        " | ".join(r.notes), r.file, r.seconds])
+            w.writerow([text.csv_cell(r.student), r.status, _fmt(total(scores, r.student, tests)),
+                        _fmt(sum(max_tests.values())), " ".join(waiting.get(r.student, [])),
+                        *[_fmt(points(scores, r.student, t)) for t in tests], text.csv_cell(r.reason),
+                        text.csv_cell(" | ".join(r.notes)), text.csv_cell(r.file), r.seconds])
     tmp.replace(dest)
 
 
@@ -104,20 +108,23 @@ STUDENT_HEADER = ["student", "status", "score", "reason"]
 
 def student_rows(results: list[GradingResult], scores: Points, tests: list[str],
                  max_tests: dict[str, float], waiting: Waiting | None = None) -> list[list[str]]:
-    """One row per submission: the table a TA reads first."""
+    """One row per submission: the table a TA reads first (printed: student text made terminal-safe)."""
     waiting = waiting or {}
     full = _fmt(sum(max_tests.values()))
 
     def got(r):
         left = len(waiting.get(r.student, []))
         return f"{_fmt(total(scores, r.student, tests))}/{full}" + (f" ({left} waiting)" if left else "")
-    return [[r.student, r.status, got(r), r.reason[:100]] for r in sorted(results, key=lambda r: r.student)]
+    return [[text.terminal(r.student), r.status, got(r), text.terminal(r.reason, limit=100)]
+            for r in sorted(results, key=lambda r: r.student)]
 
 
 SUMMARY_HEADER = ["test", "points", "mean (all)", "mean (graded)", "full marks", "zero", "waiting"]
 
 
 def table_text(rows: list[list[str]], header: list[str] = SUMMARY_HEADER) -> str:
+    """The rows as aligned columns for a terminal; every cell goes through text.terminal."""
+    rows = [[text.terminal(c) for c in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
@@ -144,7 +151,7 @@ def waiting_lines(results: list[GradingResult], waiting: Waiting, manual: dict[s
         f"`.venv/bin/python -m grader export --out {out}` rewrites grades.csv, results.csv, this summary and "
         "scores.png from the gradebook. Details: grader/README-TA.md, *Written answers*.", "",
         "| student | waiting |", "|---|---|",
-        *[f"| {sid} | {', '.join(cells_)} |" for sid, cells_ in sorted(left.items())]]
+        *[f"| {text.markdown_cell(sid)} | {', '.join(cells_)} |" for sid, cells_ in sorted(left.items())]]
 
 
 def write_summary(results: list[GradingResult], scores: Points, tests: list[str], max_tests: dict[str, float],
@@ -159,8 +166,8 @@ def write_summary(results: list[GradingResult], scores: Points, tests: list[str]
     problems = [r for r in sorted(results, key=lambda r: r.student) if r.status != "graded"]
     if problems:
         md += ["", "## Needs a look", "", "| student | status | score | reason |", "|---|---|---|---|"]
-        md += [f"| {r.student} | {r.status} | {_fmt(total(scores, r.student, tests))} | {r.reason} |"
-               for r in problems]
+        md += [f"| {text.markdown_cell(r.student)} | {r.status} | {_fmt(total(scores, r.student, tests))} | "
+               f"{text.markdown_cell(r.reason)} |" for r in problems]
     md += waiting_lines(results, waiting or {}, manual or {}, dest.parent)
     md += [*extra, ""]
     tmp = dest.with_name(dest.name + ".tmp")
