@@ -35,6 +35,7 @@ from . import repair as repair_mod
 from .course import GRADER_DIR, ROOT
 from .execute import KERNEL_DIED, KERNEL_HUNG, NOT_RUN, TIMING_KEY, cell_label
 from .results import GradingResult, write_json
+from .sandbox import reap
 
 RESULT = "result.json"
 JOB = "job.json"
@@ -141,6 +142,7 @@ def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict
     finally:
         leftovers = kill_tree(proc.pid, marker)
         proc.join(timeout=10)
+        reap(job_dir)  # what the sandbox of a killed worker left: cgroups, /tmp folders
         if registry is not None:
             registry.pop(job_dir.name, None)
     seconds = round(time.monotonic() - started, 1)
@@ -311,15 +313,11 @@ def _logger(student: str) -> logging.Logger:
 
 
 def _run_dir(job_dir: Path) -> Path:
-    """The kernel's folder: the lab's helper files only. The notebook nbgrader writes (and the
-    gradebook) stay outside it, so nothing the kernel writes there is read back as trusted."""
-    course = course_mod.load()
+    """The kernel's host folder, empty: the cwd of the process that starts the kernel. The kernel
+    works in a private folder of its sandbox; only without bubblewrap is this its working folder."""
     run_dir = job_dir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
-    for helper in course.source_dir.iterdir():
-        if helper.is_file() and helper.suffix == ".py":
-            shutil.copyfile(helper, run_dir / helper.name)
     return run_dir
 
 
@@ -348,8 +346,9 @@ def _sandbox(job: Job, run_dir: Path):
     from .warm import Zygote
 
     env, binds = sandbox_spec(os.environ)
-    return Sandbox(run_dir, Limits.load(), env=env, binds=binds, boot=BOOT, allow_unsafe=job.allow_unsafe,
-                   zygote=Zygote.from_env(os.environ))
+    helpers = {p: p.name for p in course_mod.load().source_dir.iterdir() if p.is_file() and p.suffix == ".py"}
+    return Sandbox(run_dir, Limits.load(), env=env, binds=binds, files=helpers, boot=BOOT,
+                   allow_unsafe=job.allow_unsafe, zygote=Zygote.from_env(os.environ), manifest_dir=run_dir.parent)
 
 
 def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
