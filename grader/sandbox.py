@@ -1,10 +1,11 @@
 """Confine one submission's Jupyter kernel: the OS-level sandbox around untrusted student code.
 
     caps = probe()                                   # what this machine offers
-    with Sandbox(run_dir, Limits.load(), caps) as sb:
+    with Sandbox(run_dir, Limits.load(), caps, files={helper: "craftlab.py"}, manifest_dir=job_dir) as sb:
         os.environ.update(sb.jupyter_env())          # so jupyter finds the sandbox's kernelspec
         ExecutePreprocessor(config=sb.config(), ...).preprocess(nb, {"metadata": {"path": str(run_dir)}})
-    # leaving the block kills whatever the submission left running and removes the cgroup
+    # leaving the block kills whatever the submission left running, removes the cgroup and the folders
+    reap(job_dir)   # the same, from another process, when the one holding the Sandbox was killed
 
 What each protection relies on:
 
@@ -12,24 +13,34 @@ What each protection relies on:
   uts and mount namespaces. The kernel runs as uid/gid 65534 with only loopback (nothing
   listens on it), sees read-only binds of the system folders, of a few files of /etc, of the
   Python installation and of the venv (never the repository around it), a private /tmp and
-  /dev/shm, and one writable folder, run_dir, which is also its cwd and HOME. Its environment
-  is rebuilt from scratch (`--clearenv`): nothing of the grader's (secrets, JPY_PARENT_PID).
-  When the grader is root, uid 65534 inside is root's uid on the host (bwrap maps it so): it
-  can read root-only files among what it sees, hence so little of /etc.
+  /dev/shm, and its working folder WORKDIR (its cwd and HOME): a private tmpfs of run_mb,
+  holding read-only binds of the lab's helper files (`files`). Nothing it writes there
+  exists on the host, and all of it is gone with the kernel. Its only host folder is the
+  short socket folder (`ipc_dir`) where it creates its Jupyter sockets; the connection file is
+  in another one it can only read (`conn_dir`). Its environment is rebuilt from scratch
+  (`--clearenv`): nothing of the grader's (secrets, JPY_PARENT_PID). When the grader is root,
+  uid 65534 inside is root's uid on the host (bwrap maps it so): it can read root-only files
+  among what it sees, hence so little of /etc.
 - memory and process count (a cgroup per sandbox: v1 or v2 as root, or a systemd scope for a
-  user with delegation): everything the kernel starts is inside it. Without a cgroup, the
-  memory falls back to an address-space cap per process (RLIMIT_AS, generous: TensorFlow
-  needs more than 4 GiB of address space to import), and the process count to RLIMIT_NPROC set
-  inside the sandbox's user namespace, where Linux >= 5.14 counts only that sandbox's processes
-  (it never applies to processes that are root on the host).
+  user with delegation): everything the kernel starts is inside it, and so are the pages of
+  its tmpfs folders and the kernel memory of their files. Without a cgroup, the memory falls
+  back to an address-space cap per process (RLIMIT_AS, generous: TensorFlow needs more than
+  4 GiB of address space to import), and the process count to RLIMIT_NPROC set inside the
+  sandbox's user namespace, where Linux >= 5.14 counts only that sandbox's processes (it never
+  applies to processes that are root on the host).
 - CPU time, file size, no core files: rlimits, always.
 - nothing survives cleanup: when the kernel ends, bubblewrap's init (pid 1 of the sandbox)
   ends and Linux kills every process of that pid namespace, however it detached; cleanup()
-  also kills whatever is left in the cgroup, or the sandbox's process tree.
+  also kills whatever is left in the cgroup, or the sandbox's process tree, and removes the
+  cgroup and the sandbox's folders. Given `manifest_dir`, the Sandbox records there, before
+  making any of them, what it makes on the host; reap(manifest_dir) removes it all from
+  another process once the one holding the Sandbox is gone (SIGKILL at a time limit).
 
 A machine without some of these makes Sandbox() raise SandboxUnavailable, which says what is
 missing and what to install, unless the caller passes allow_unsafe=True: then what is
 available is applied and `Sandbox.off` lists, in plain words, the protections that are off.
+Without bubblewrap there is no private working folder: the kernel works in run_dir, a host
+folder, where the helper files are copied.
 """
 from __future__ import annotations
 
@@ -40,17 +51,26 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 COURSE_TOML = Path(__file__).resolve().parent / "course.toml"
 MB = 2 ** 20
 UID = GID = 65534                        # "nobody" inside the sandbox
+# The kernel's working folder and HOME inside the sandbox: a private tmpfs (no host path).
+WORKDIR = "/home/sandbox"
+# Names of what one sandbox makes on the host, all from one random token: its kernel (and
+# cgroup, systemd scope, socket folder in a zygote's folder), its state folder in /tmp, its manifest.
+TOKEN = re.compile(r"[0-9a-f]{12}")
+KERNEL_PREFIX, STATE_PREFIX = "craft-sandbox-", "craft-sbx-"
+MANIFEST = re.compile(rf"{KERNEL_PREFIX}({TOKEN.pattern})\.json")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The only files of /etc the kernel sees (a root grader's /etc holds shadow, keys, ...).
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "nsswitch.conf",
@@ -59,7 +79,8 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone
 
 # Runs first in the kernel's process: options, then "--", then the command it becomes.
 #   --pid FILE: write this process's pid to FILE (a pid file, or a cgroup's cgroup.procs);
-#   --limit RLIMIT_X=N: setrlimit; --env NAME=VALUE: the command gets only these variables.
+#   --limit RLIMIT_X=N: setrlimit; --env NAME=VALUE: the command gets only these variables;
+#   --chdir DIR: the command's working folder.
 # No braces in it: jupyter fills {name} placeholders in every word of a kernelspec's argv.
 LAUNCHER = """\
 import os, resource, sys
@@ -76,6 +97,8 @@ while args[0] != '--':
         env = dict() if env is None else env
         name, _, text = value.partition('=')
         env[name] = text
+    elif option == '--chdir':
+        os.chdir(value)
 os.execve(args[1], args[1:], os.environ if env is None else env)
 """
 
@@ -96,6 +119,8 @@ class Limits:
     address_space_mb: int   # fallback without a cgroup: address space per process (RLIMIT_AS)
     tmp_mb: int             # size of the private /tmp and of /dev/shm (each, in memory)
     file_mb: int            # largest file the kernel may write (RLIMIT_FSIZE)
+    run_mb: int             # size of the kernel's private working folder (in memory)
+    run_files: int          # most files and folders in it (tmpfs nr_inodes; warm kernels only)
 
     def __post_init__(self):
         bad = [f.name for f in fields(self) if not isinstance(getattr(self, f.name), int)
@@ -144,6 +169,9 @@ class Capabilities:
             out.append("no isolation (network, files, user, processes): the kernel would run as "
                        f"{'root' if self.root else 'you'}, with your files and your network; "
                        + self._isolation_advice())
+            out.append("no private working folder: the kernel works in a host folder (the submission's "
+                       "run folder), and what it writes there (any number of files, each up to "
+                       "file_mb) stays on disk after grading")
         if not self.cgroup:
             out.append("no real memory limit: only an address-space cap per process (RLIMIT_AS), "
                        "which several processes together can exceed"
@@ -206,10 +234,9 @@ def probe(bwrap: str | None = None) -> Capabilities:
 def _try_bwrap(bwrap: str) -> str:
     """'' if a sandbox laid out like the real one starts and runs Python as uid 65534, else why not."""
     with tempfile.TemporaryDirectory(prefix="craft-sbx-probe-") as tmp:
-        folder = Path(tmp).resolve()
-        etc = _write_etc(folder, folder)
-        check = "import os, sys; sys.exit(0 if os.getuid() == 65534 else 3)"
-        argv = _bwrap_args(bwrap, folder, folder, etc, {}, {"HOME": str(folder)}, 16) + [
+        etc = _write_etc(Path(tmp), WORKDIR)
+        check = f"import os, sys; sys.exit(0 if os.getuid() == 65534 and os.getcwd() == {WORKDIR!r} else 3)"
+        argv = _bwrap_args(bwrap, etc, {"HOME": WORKDIR}, 16, 16) + [
             "--", sys.executable, "-I", "-S", "-c", check]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -275,18 +302,25 @@ class _Cgroup:
     @classmethod
     def create(cls, kind: str, name: str, limits: Limits | None) -> _Cgroup:
         """Make it (nested in this process's own cgroup for v1) and write the limits."""
+        return cls.make(cls.plan(kind, name, limits))
+
+    @staticmethod
+    def plan(kind: str, name: str, limits: Limits | None) -> dict[Path, dict[str, int]]:
+        """Its folders and, in each, the values to write; nothing made yet."""
         if kind == "v1":
             settings = {
                 "memory": {} if limits is None else {"memory.limit_in_bytes": limits.memory_mb * MB,
                                                      "memory.memsw.limit_in_bytes": limits.memory_mb * MB},
                 "pids": {} if limits is None else {"pids.max": limits.max_processes}}
-            plan = {CGROUP_ROOT / c / _own_cgroup(c).lstrip("/") / name: s for c, s in settings.items()}
-        else:
-            enabled = (CGROUP_ROOT / "cgroup.subtree_control").read_text().split()
-            if not {"memory", "pids"} <= set(enabled):
-                raise OSError(0, f"memory and pids are not enabled in {CGROUP_ROOT}/cgroup.subtree_control")
-            plan = {CGROUP_ROOT / name: {} if limits is None else {
-                "memory.max": limits.memory_mb * MB, "memory.swap.max": 0, "pids.max": limits.max_processes}}
+            return {CGROUP_ROOT / c / _own_cgroup(c).lstrip("/") / name: s for c, s in settings.items()}
+        enabled = (CGROUP_ROOT / "cgroup.subtree_control").read_text().split()
+        if not {"memory", "pids"} <= set(enabled):
+            raise OSError(0, f"memory and pids are not enabled in {CGROUP_ROOT}/cgroup.subtree_control")
+        return {CGROUP_ROOT / name: {} if limits is None else {
+            "memory.max": limits.memory_mb * MB, "memory.swap.max": 0, "pids.max": limits.max_processes}}
+
+    @classmethod
+    def make(cls, plan: dict[Path, dict[str, int]]) -> _Cgroup:
         group = cls([])
         try:
             for folder, values in plan.items():
@@ -350,7 +384,7 @@ def _python_dirs() -> list[Path]:
     return sorted(p for p in found if not any(p != q and p.is_relative_to(q) for q in found))
 
 
-def _write_etc(state: Path, home: Path) -> Path:
+def _write_etc(state: Path, home: Path | str) -> Path:
     """passwd and group naming only the sandbox's user, so the host's accounts stay unseen."""
     etc = state / "etc"
     etc.mkdir(exist_ok=True)
@@ -359,10 +393,13 @@ def _write_etc(state: Path, home: Path) -> Path:
     return etc
 
 
-def _bwrap_args(bwrap: str, run_dir: Path, ipc_dir: Path, etc: Path, binds: dict[str, str],
-                env: dict[str, str], tmp_mb: int, writable: dict[str, str] | None = None) -> list[str]:
-    """bwrap's options (mounts apply in order: the tmpfs first, binds over them); `writable`:
-    more read-write binds, host path -> path inside (the warm-kernel zygote's)."""
+def _bwrap_args(bwrap: str, etc: Path, env: dict[str, str], tmp_mb: int, run_mb: int, *,
+                binds: dict[str, str] | None = None, files: dict[str, str] | None = None,
+                writable: dict[str, str] | None = None) -> list[str]:
+    """bwrap's options. Mounts apply in order: the tmpfs folders first, binds over them.
+    binds: read-only, host path -> path inside; files: host file -> its name in WORKDIR (bound
+    read-only); writable: read-write binds, host path -> path inside (the socket folder, or the
+    warm-kernel zygote's folders)."""
     args = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(UID), "--gid", str(GID),
             "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv"]
     for name, value in env.items():
@@ -383,24 +420,249 @@ def _bwrap_args(bwrap: str, run_dir: Path, ipc_dir: Path, etc: Path, binds: dict
     args += ["--ro-bind", str(etc / "passwd"), "/etc/passwd", "--ro-bind", str(etc / "group"), "/etc/group"]
     for folder in _python_dirs():
         args += ["--ro-bind", str(folder), str(folder)]
-    for host, inside in binds.items():
+    # The working folder: a tmpfs of its own (bubblewrap gives no nr_inodes: the cgroup's memory
+    # bounds how many files it holds), the helper files bound read-only into it.
+    args += ["--size", str(run_mb * MB), "--tmpfs", WORKDIR]
+    for host, name in (files or {}).items():
+        args += ["--ro-bind", host, f"{WORKDIR}/{name}"]
+    for host, inside in (binds or {}).items():
         args += ["--ro-bind", host, inside]
-    args += ["--bind", str(run_dir), str(run_dir)]
     for host, inside in (writable or {}).items():
         args += ["--bind", host, inside]
-    if ipc_dir != run_dir:
-        args += ["--bind", str(ipc_dir), str(ipc_dir)]
     # The sandbox's own root and /dev are tmpfs the sandbox could write to: read-only.
-    return args + ["--remount-ro", "/", "--remount-ro", "/dev"]
+    return args + ["--chdir", WORKDIR, "--remount-ro", "/", "--remount-ro", "/dev"]
+
+
+# ----------------------------------------------------------------------------- what a sandbox leaves
+
+def _remove_tree(path: Path) -> None:
+    """Remove the folder `path` and all it holds, at any depth, never following a link: each
+    folder is opened from its parent's descriptor with O_NOFOLLOW and emptied through its own,
+    one descriptor at a time. Folders made unreadable or read-only (mode 000) are opened up first."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return  # gone, or a link or file someone else put there: not ours to follow or remove
+    except FileNotFoundError:
+        return
+    top = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fd = top
+    try:
+        fd = _open_dir(top, path.name)
+        names, todo = [path.name], [_empty_files(fd)]
+        while names:
+            if todo[-1]:
+                sub = todo[-1].pop()
+                try:
+                    child = _open_dir(fd, sub)
+                except FileNotFoundError:
+                    continue
+                os.close(fd)
+                fd = child
+                names.append(sub)
+                todo.append(_empty_files(fd))
+                continue
+            done = names.pop()
+            todo.pop()
+            up = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd) if names else top
+            os.close(fd)
+            fd = up
+            os.rmdir(done, dir_fd=up)
+    finally:
+        if fd != top:
+            os.close(fd)
+        os.close(top)
+
+
+def _open_dir(parent: int, name: str) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except PermissionError:  # mode 000: give it back its owner's permissions (the grader's uid)
+        handle = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+        try:
+            os.chmod(f"/proc/self/fd/{handle}", 0o700)
+            return os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=handle)
+        finally:
+            os.close(handle)
+
+
+def _empty_files(fd: int) -> list[str]:
+    """Unlink all but the subfolders of the folder open as fd; return the subfolders' names."""
+    if os.fstat(fd).st_mode & 0o700 != 0o700:
+        os.fchmod(fd, 0o700)
+    folders = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.name)
+            else:
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+    return folders
+
+
+@dataclass
+class _Leftovers:
+    """What one sandbox makes on the host: its state folder (/tmp/craft-sbx-TOKEN), its socket
+    folder in a zygote's folder (warm kernels), its cgroup folders or systemd scope. As its
+    manifest records it, so that another process can remove it all."""
+
+    token: str
+    state: str
+    folders: list[str]
+    cgroups: list[str]
+    unit: str = ""               # systemd scope, without ".scope"
+
+    def write(self, manifest: Path) -> None:
+        """The manifest, atomically (another process may read it at any time)."""
+        part = manifest.with_name(f".{manifest.name}.{os.getpid()}.part")
+        part.write_text(json.dumps({"state": self.state, "folders": self.folders,
+                                    "cgroups": self.cgroups, "unit": self.unit}))
+        os.replace(part, manifest)
+
+    @classmethod
+    def read(cls, manifest: Path, token: str) -> _Leftovers:
+        """A manifest, checked: every path absolute, normalized and named after the sandbox's token."""
+        fd = os.open(manifest, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            data = json.loads(f.read(1 << 16))
+        kernel = KERNEL_PREFIX + token
+        left = cls(token, data["state"], list(data["folders"]), list(data["cgroups"]), data.get("unit") or "")
+
+        def plain(path: str, name: str) -> bool:
+            return isinstance(path, str) and os.path.isabs(path) and os.path.normpath(path) == path \
+                and os.path.basename(path) == name
+        bad = [p for p in [left.state] if not plain(p, STATE_PREFIX + token)]
+        bad += [p for p in left.folders if not plain(p, kernel)]
+        bad += [p for p in left.cgroups if not plain(p, kernel) or not Path(p).is_relative_to(CGROUP_ROOT)]
+        bad += [left.unit] if left.unit not in ("", kernel) else []
+        if bad:
+            raise ValueError(f"not what a sandbox makes: {bad}")
+        return left
+
+    def _cgroup(self) -> _Cgroup:
+        root = os.path.realpath(CGROUP_ROOT)
+        return _Cgroup([Path(d) for d in self.cgroups if os.path.isdir(d)
+                        and Path(os.path.realpath(d)).is_relative_to(root)])
+
+    def pids(self) -> set[int]:
+        if self.cgroups:
+            return self._cgroup().pids()
+        if self.unit:
+            return _systemd_pids(self.unit)
+        root = _launcher(Path(self.state) / "pid")
+        return set() if root is None else {root.pid} | {p.pid for p in root.children(recursive=True)}
+
+    def kill(self) -> int:
+        """SIGKILL every process still in the sandbox; return how many."""
+        if self.cgroups:
+            return self._cgroup().kill()
+        if self.unit:
+            killed = len(_systemd_pids(self.unit))
+            user = [] if os.geteuid() == 0 else ["--user"]
+            subprocess.run(["systemctl", *user, "kill", "--signal=SIGKILL", f"{self.unit}.scope"],
+                           capture_output=True, timeout=30)
+            return killed
+        return _kill_tree(_launcher(Path(self.state) / "pid"))
+
+    def remove(self) -> None:
+        """Remove the cgroup and the folders (after kill()); OSError listing what could not be."""
+        errors = []
+        try:
+            self._cgroup().remove()
+        except OSError as exc:
+            errors.append(f"cgroup: {exc}")
+        for folder in [*self.folders, self.state]:
+            try:
+                _remove_tree(Path(folder))
+            except OSError as exc:
+                errors.append(f"{folder}: {exc}")
+        if errors:
+            raise OSError(0, "could not remove all the sandbox left: " + "; ".join(errors))
+
+
+def reap(folder: Path | str) -> int:
+    """Kill and remove what the sandboxes whose manifests are in `folder` (their `manifest_dir`)
+    made on this machine: processes still in their cgroups, the cgroups, their state and socket
+    folders; then each manifest. Return how many processes were killed. For a parent whose
+    worker held a Sandbox and was killed: never while a Sandbox recorded there is still in use.
+    Idempotent; a manifest whose leftovers cannot all be removed stays, for a later call."""
+    folder = Path(folder)
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    killed = 0
+    for name in names:
+        match = MANIFEST.fullmatch(name)
+        if not match:
+            continue
+        manifest = folder / name
+        try:
+            left = _Leftovers.read(manifest, match[1])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"sandbox.reap: {manifest} ignored ({type(exc).__name__}: {exc})", stacklevel=2)
+            continue
+        killed += left.kill()
+        try:
+            left.remove()
+        except OSError as exc:
+            warnings.warn(f"sandbox.reap: {exc}; kept {manifest}", stacklevel=2)
+            continue
+        manifest.unlink(missing_ok=True)
+    return killed
+
+
+def _launcher(pid_file: Path):
+    """The kernel's first process (the launcher, now bwrap or the kernel), if still running."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(pid_file.read_text()))
+        # a pid reused by another process would have started after the pid file was written
+        return proc if proc.create_time() <= pid_file.stat().st_mtime + 1 else None
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+def _kill_tree(root) -> int:
+    import psutil
+
+    if root is None:
+        return 0
+    try:
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    return len(procs)
+
+
+def _systemd_pids(unit: str) -> set[int]:
+    user = [] if os.geteuid() == 0 else ["--user"]
+    done = subprocess.run(["systemctl", *user, "show", "-p", "ControlGroup", "--value", f"{unit}.scope"],
+                          capture_output=True, text=True, timeout=30)
+    procs = CGROUP_ROOT / done.stdout.strip().lstrip("/") / "cgroup.procs"
+    try:
+        return {int(p) for p in procs.read_text().split()} if done.stdout.strip() else set()
+    except OSError:
+        return set()
 
 
 # ----------------------------------------------------------------------------- the sandbox
 
-def kernel_env(home: Path, isolated: bool, extra: dict[str, str]) -> dict[str, str]:
+def kernel_env(home: Path | str, isolated: bool, extra: dict[str, str]) -> dict[str, str]:
     """The whole environment of a kernel (or of the warm-kernel zygote): nothing of the grader's."""
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
            "HOME": str(home), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-    if isolated:  # the private /tmp: keeps run_dir free of caches
+    if isolated:  # the private /tmp: keeps the working folder free of caches
         env |= {"IPYTHONDIR": "/tmp/.ipython", "MPLCONFIGDIR": "/tmp/.matplotlib"}
     env |= extra
     env.pop("JPY_PARENT_PID", None)
@@ -418,22 +680,37 @@ def _check_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def _check_workdir(inside: list[str]) -> None:
+    """WORKDIR must be a folder of its own: nothing else the sandbox shows may be in it or around it."""
+    for path in map(Path, inside):
+        if path.is_relative_to(WORKDIR) or Path(WORKDIR).is_relative_to(path):
+            raise ValueError(f"{path} would be inside or around the kernel's working folder {WORKDIR}: "
+                             "bind it elsewhere")
+
+
 class Sandbox:
     """One submission's kernel sandbox: a kernelspec that starts ipykernel confined, its cgroup.
 
-    run_dir: the host folder that is the kernel's only writable place, its cwd and its HOME
-    (put the notebook there; keep the gradebook out of it).
+    run_dir: a host folder, the cwd of the process that starts the kernel. With bubblewrap it
+    stays empty: the kernel works in WORKDIR, a private tmpfs. Without (allow_unsafe) it is the
+    kernel's working folder and HOME, and the `files` are copied into it.
     env: variables the kernel gets besides PATH, HOME, LANG, TMPDIR (nothing else passes).
     binds: extra read-only binds, host path -> path inside (not applied without bubblewrap).
+    files: host files -> their names in the kernel's working folder, bound there read-only.
     boot: path inside of a script run instead of `-m ipykernel_launcher`; it gets ipykernel's
     arguments (`-f CONNECTION_FILE ...`) and must start ipykernel itself; bind it read-only.
     allow_unsafe: run with what this machine has; `off` lists what is missing. Without it,
     a missing protection raises SandboxUnavailable.
+    zygote: the batch's warm-kernel zygote (warm.Zygote): the kernel is a fork of it where it
+    can be confined as well as a cold one.
+    manifest_dir: a folder the kernel cannot write (the submission's job folder) where the
+    Sandbox records what it makes on the host before making it (KERNEL_NAME.json), for reap().
     """
 
     def __init__(self, run_dir: Path | str, limits: Limits | None = None, caps: Capabilities | None = None,
                  *, env: dict[str, str] | None = None, binds: dict[str | Path, str | Path] | None = None,
-                 boot: str | Path | None = None, allow_unsafe: bool = False, zygote=None):
+                 files: dict[str | Path, str] | None = None, boot: str | Path | None = None,
+                 allow_unsafe: bool = False, zygote=None, manifest_dir: Path | str | None = None):
         self.run_dir = _check_run_dir(Path(run_dir))
         self.limits = limits or Limits.load()
         self.caps = caps or probe()
@@ -444,35 +721,65 @@ class Sandbox:
                 + "\n  - ".join(self.off)
                 + "\nInstall or enable what is missing, or allow running without it explicitly "
                   "(allow_unsafe=True).")
-        self.kernel_name = f"craft-sandbox-{secrets.token_hex(6)}"
+        token = secrets.token_hex(6)
+        self.kernel_name = KERNEL_PREFIX + token
         self.binds = {str(Path(h).resolve()): str(i) for h, i in (binds or {}).items()}
         absent = [h for h in self.binds if not Path(h).exists()]
         if absent:
             raise FileNotFoundError(f"cannot bind into the sandbox what does not exist: {absent}")
+        self.files = {str(Path(h).resolve()): str(n) for h, n in (files or {}).items()}
+        odd = [n for n in self.files.values() if "/" in n or n in ("", ".", "..")]
+        absent = [h for h in self.files if not Path(h).is_file()]
+        if odd or absent:
+            raise ValueError(f"files must be existing files and plain names: {odd or absent}")
         self.boot = str(boot) if boot else None
         self.env = dict(env or {})
-        self.zygote = zygote if zygote is not None and zygote.serves(self.run_dir, self.caps) else None
+        self.zygote = zygote if zygote is not None and zygote.serves(self.caps) else None
+        # the kernel's working folder as it sees it
+        self.cwd = WORKDIR if self.caps.namespaces else str(self.run_dir)
+        if self.caps.namespaces:
+            _check_workdir([*map(str, _python_dirs()), *self.binds.values()])
+        self.state = Path(tempfile.gettempdir()).resolve() / (STATE_PREFIX + token)
+        # A warm kernel's socket and connection-file folders are in the zygote's folder, which its
+        # fork sees; a cold kernel's in the state folder. Short either way (Unix sockets: 107 bytes).
+        share = self.zygote.share / self.kernel_name if self.zygote else None
+        self.ipc_dir = (share or self.state) / "ipc"          # read-write inside: the kernel's sockets
+        self.conn_dir = (share or self.state) / "conn"        # read-only inside: the connection file
+        if len(str(self.ipc_dir / "k-99999")) > 100:
+            raise ValueError(f"{self.ipc_dir} is too long a folder for Unix sockets: set TMPDIR shorter")
         self.cgroup: _Cgroup | None = None
-        self.state = Path(tempfile.mkdtemp(prefix="craft-sbx-"))
+        plan = _Cgroup.plan(self.caps.cgroup, self.kernel_name, self.limits) \
+            if self.caps.cgroup in ("v1", "v2") else {}
+        self._left = _Leftovers(token, str(self.state), [str(share)] if share else [], list(map(str, plan)),
+                                self.kernel_name if self.caps.cgroup == "systemd" else "")
+        self.manifest = Path(manifest_dir).resolve() / f"{self.kernel_name}.json" if manifest_dir else None
         try:
-            self._setup()
+            if self.manifest:
+                self._left.write(self.manifest)
+            self._setup(plan, share)
         except BaseException:
             self.cleanup()
             raise
 
-    def _setup(self) -> None:
-        # Unix socket paths are limited to 107 bytes: if run_dir is too deep, a short private folder.
-        long = len(str(self.run_dir / ".jupyter-kernel-ipc-99")) > 100
-        self.ipc_dir = self.run_dir if not long else \
-            self.zygote.share / self.kernel_name if self.zygote else self.state / "ipc"
-        self.ipc_dir.mkdir(exist_ok=True)
-        self._etc = _write_etc(self.state, self.run_dir)
-        if self.caps.cgroup in ("v1", "v2"):
-            self.cgroup = _Cgroup.create(self.caps.cgroup, self.kernel_name, self.limits)
+    def _setup(self, plan: dict, share: Path | None) -> None:
+        self.state.mkdir(mode=0o700)
+        if share:
+            share.mkdir()
+        self.ipc_dir.mkdir()
+        self.conn_dir.mkdir()
+        self._etc = _write_etc(self.state, self.cwd)
+        if plan:
+            self.cgroup = _Cgroup.make(plan)
+        if not self.caps.namespaces:  # no private folder: the helper files, copied into run_dir
+            for host, name in self.files.items():
+                shutil.copyfile(host, self.run_dir / name)
         spec_dir = self.state / "kernels" / self.kernel_name
         spec_dir.mkdir(parents=True)
         if self.zygote:
-            (self.state / "request.json").write_text(json.dumps(self._warm_request()))
+            (share / "files").mkdir()
+            for host, name in self.files.items():  # copies the fork can see, to bind read-only
+                shutil.copyfile(host, share / "files" / name)
+            (self.state / "request.json").write_text(json.dumps(self._warm_request(share / "files")))
         argv = self.kernel_argv()
         odd = [a for a in argv if re.search(r"\{[A-Za-z0-9_]+\}", a) and a != "{connection_file}"]
         if odd:  # jupyter would replace them
@@ -496,8 +803,8 @@ class Sandbox:
         cfg.NotebookClient.kernel_name = self.kernel_name
         # TCP on loopback cannot cross the network namespace: Unix sockets in a folder both see.
         cfg.KernelManager.transport = "ipc"
-        cfg.KernelManager.connection_file = str(self.ipc_dir / ".jupyter-kernel.json")
-        cfg.KernelManager.ip = str(self.ipc_dir / ".jupyter-kernel-ipc")
+        cfg.KernelManager.connection_file = str(self.conn_dir / "kernel.json")
+        cfg.KernelManager.ip = str(self.ipc_dir / "k")
         return cfg
 
     def kernel_argv(self) -> list[str]:
@@ -512,45 +819,29 @@ class Sandbox:
             return [*launch[:3], str(self.zygote.script), "client", str(self.zygote.socket),
                     str(self.state / "request.json"), "--", *kernel[kernel.index("-f"):]]
         if self.caps.namespaces:
-            bwrap = _bwrap_args(self.caps.bwrap, self.run_dir, self.ipc_dir, self._etc, self.binds,
-                                self._kernel_env(), self.limits.tmp_mb)
+            bwrap = _bwrap_args(self.caps.bwrap, self._etc, self._kernel_env(), self.limits.tmp_mb,
+                                self.limits.run_mb, binds=self.binds | {str(self.conn_dir): str(self.conn_dir)},
+                                files=self.files, writable={str(self.ipc_dir): str(self.ipc_dir)})
             argv = outer + ["--", *bwrap, "--", *launch, *limits, "--", *kernel]
         else:
             env = [x for name, value in self._kernel_env().items() for x in ("--env", f"{name}={value}")]
-            argv = outer + limits + env + ["--", *kernel]
+            argv = outer + limits + env + ["--chdir", self.cwd, "--", *kernel]
         if self.caps.cgroup == "systemd":
             argv = _systemd_prefix(self.kernel_name, self.limits.memory_mb, self.limits.max_processes) + argv
         return argv
 
     def pids(self) -> set[int]:
         """Host pids of the processes still running in the sandbox."""
-        if self.cgroup:
-            return self.cgroup.pids()
-        if self.caps.cgroup == "systemd":
-            return self._systemd_pids()
-        root = self._launcher()
-        if root is None:
-            return set()
-        return {root.pid} | {p.pid for p in root.children(recursive=True)}
+        return self._left.pids()
 
     def cleanup(self) -> int:
-        """Kill whatever is left in the sandbox, remove its cgroup and files; return how many were killed."""
-        try:
-            if self.cgroup:
-                killed = self.cgroup.kill()
-                self.cgroup.remove()
-                self.cgroup = None
-            elif self.caps.cgroup == "systemd":
-                killed = len(self._systemd_pids())
-                user = [] if os.geteuid() == 0 else ["--user"]
-                subprocess.run(["systemctl", *user, "kill", "--signal=SIGKILL", f"{self.kernel_name}.scope"],
-                               capture_output=True, timeout=30)
-            else:
-                killed = self._kill_tree()
-        finally:
-            shutil.rmtree(self.state, ignore_errors=True)
-            if self.zygote and self.ipc_dir != self.run_dir:
-                shutil.rmtree(self.ipc_dir, ignore_errors=True)
+        """Kill whatever is left in the sandbox, remove its cgroup, its folders and its manifest;
+        return how many processes were killed. The manifest stays if something could not be removed."""
+        killed = self._left.kill()
+        self._left.remove()
+        self.cgroup = None
+        if self.manifest:
+            self.manifest.unlink(missing_ok=True)
         return killed
 
     def __enter__(self) -> Sandbox:
@@ -562,13 +853,15 @@ class Sandbox:
     # ------------------------------------------------------------------ internals
 
     def _kernel_env(self) -> dict[str, str]:
-        return kernel_env(self.run_dir, self.caps.namespaces, self.env)
+        return kernel_env(self.cwd, self.caps.namespaces, self.env)
 
-    def _warm_request(self) -> dict:
+    def _warm_request(self, copies: Path) -> dict:
         """What the zygote's fork needs to become this sandbox's kernel (zygote.py, client)."""
-        return {"env": self._kernel_env(), "rlimits": self._rlimits(), "cwd": str(self.run_dir),
-                "writable": sorted({str(self.run_dir), str(self.ipc_dir)}),
-                "tmp_bytes": self.limits.tmp_mb * MB, "threads": self.env.get("OMP_NUM_THREADS"),
+        return {"env": self._kernel_env(), "rlimits": self._rlimits(), "cwd": WORKDIR,
+                "writable": [str(self.ipc_dir)], "readable": [str(self.conn_dir)],
+                "files": {str(copies / name): f"{WORKDIR}/{name}" for name in self.files.values()},
+                "tmp_bytes": self.limits.tmp_mb * MB, "run_bytes": self.limits.run_mb * MB,
+                "run_inodes": self.limits.run_files, "threads": self.env.get("OMP_NUM_THREADS"),
                 "cgroup_procs": [str(f) for f in self.cgroup.procs_files], "boot": self.zygote.boot}
 
     def _kernel_command(self) -> list[str]:
@@ -587,40 +880,3 @@ class Sandbox:
         if not self.caps.cgroup and self.caps.process_limit:  # inside the user namespace: per sandbox
             limits["RLIMIT_NPROC"] = self.limits.max_processes
         return limits
-
-    def _launcher(self):
-        """The kernel's first process (the launcher, now bwrap or the kernel), if still running."""
-        import psutil
-
-        pid_file = self.state / "pid"
-        try:
-            proc = psutil.Process(int(pid_file.read_text()))
-            # a pid reused by another process would have started after the pid file was written
-            return proc if proc.create_time() <= pid_file.stat().st_mtime + 1 else None
-        except (OSError, ValueError, psutil.Error):
-            return None
-
-    def _kill_tree(self) -> int:
-        import psutil
-
-        root = self._launcher()
-        if root is None:
-            return 0
-        procs = [root] + root.children(recursive=True)
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=10)
-        return len(procs)
-
-    def _systemd_pids(self) -> set[int]:
-        user = [] if os.geteuid() == 0 else ["--user"]
-        done = subprocess.run(["systemctl", *user, "show", "-p", "ControlGroup", "--value",
-                               f"{self.kernel_name}.scope"], capture_output=True, text=True, timeout=30)
-        procs = CGROUP_ROOT / done.stdout.strip().lstrip("/") / "cgroup.procs"
-        try:
-            return {int(p) for p in procs.read_text().split()} if done.stdout.strip() else set()
-        except OSError:
-            return set()

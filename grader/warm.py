@@ -6,12 +6,18 @@
 A Sandbox uses the zygote only where it can confine a fork as well as a cold kernel (bwrap
 works, and a cgroup v1/v2 the grader writes, i.e. as root: see zygote.py); otherwise, and
 whenever the zygote cannot start, kernels start cold: slower, never less safe.
+
+The zygote's folder (/tmp/craft-zyg-*) is removed when the block ends. If the batch process is
+killed instead (SIGKILL), bubblewrap's --die-with-parent ends the zygote and, with its pid
+namespace, every warm kernel; the folder stays until the next start() removes it (its owner.json
+names a process that no longer runs).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
+import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +35,8 @@ SCRIPT = HERE / "zygote.py"
 INSIDE = str(PurePosixPath(BOOT).parent)  # zygote.py is bound beside kernel_boot.py, which it imports
 HOSTPROC = f"{INSIDE}/{zyg.HOSTPROC_NAME}"  # the host's /proc in the zygote's sandbox (zygote.HOSTPROC)
 INFO = "zygote.json"
+OWNER = "owner.json"                   # the batch process the folder belongs to: {"pid", "started"}
+PREFIX = "craft-zyg-"
 START_TIMEOUT_S = 300
 
 
@@ -36,7 +44,7 @@ START_TIMEOUT_S = 300
 class Zygote:
     """A running zygote, as a worker sees it."""
     folder: Path                # short host folder: the socket, the kernels' socket folders
-    roots: tuple[str, ...]      # read-write folders of its sandbox, hidden from each kernel but its own
+    roots: tuple[str, ...]      # read-write folders of its sandbox, hidden from each kernel
 
     @property
     def socket(self) -> Path:
@@ -54,10 +62,9 @@ class Zygote:
     def boot(self) -> str:
         return BOOT
 
-    def serves(self, run_dir: Path, caps: sbx.Capabilities) -> bool:
-        """Can a fork confine a kernel in run_dir as well as a cold sandbox would?"""
-        inside = any(Path(run_dir).resolve().is_relative_to(r) for r in self.roots)
-        return inside and not unavailable(caps) and self.socket.exists()
+    def serves(self, caps: sbx.Capabilities) -> bool:
+        """Can a fork confine a kernel as well as a cold sandbox would?"""
+        return not unavailable(caps) and self.socket.exists()
 
     @classmethod
     def from_env(cls, environ) -> Zygote | None:
@@ -78,12 +85,15 @@ def unavailable(caps: sbx.Capabilities) -> str:
 
 
 def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: dict, caps, limits) -> list[str]:
-    etc = sbx._write_etc(folder, folder)
+    """The zygote's bubblewrap sandbox: a kernel's, with the batch's folders read-write (each fork
+    hides them) and the host's /proc; its cwd is the kernels' working folder, where each fork
+    mounts its own."""
+    etc = sbx._write_etc(folder, sbx.WORKDIR)
     binds = {str(Path(h).resolve()): str(i) for h, i in binds.items()} | {
         str(SCRIPT): f"{INSIDE}/zygote.py", str(HERE / "kernel_boot.py"): BOOT}
-    writable = {r: r for r in roots if r != str(folder)} | {"/proc": HOSTPROC}
-    args = sbx._bwrap_args(caps.bwrap, folder, folder, etc, binds, sbx.kernel_env(folder, True, env),
-                           limits.tmp_mb, writable=writable)
+    writable = {r: r for r in roots} | {"/proc": HOSTPROC}
+    args = sbx._bwrap_args(caps.bwrap, etc, sbx.kernel_env(sbx.WORKDIR, True, env), limits.tmp_mb,
+                           limits.run_mb, binds=binds, writable=writable)
     return [*args, "--cap-add", "CAP_SYS_ADMIN", "--", sys.executable, f"{INSIDE}/zygote.py",
             "serve", str(folder / "zygote.sock"), *roots]
 
@@ -98,7 +108,9 @@ def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo):
         echo(f"Warm kernels off ({why}): every kernel imports torch, TensorFlow and Xplique itself.")
         yield None
         return
-    folder = Path(tempfile.mkdtemp(prefix="craft-zyg-"))
+    _remove_stale(Path(tempfile.gettempdir()))
+    folder = Path(tempfile.mkdtemp(prefix=PREFIX))
+    (folder / OWNER).write_text(json.dumps(_owner(os.getpid())))
     all_roots = tuple(str(Path(r).resolve()) for r in roots) + (str(folder),)
     (folder / "share").mkdir()
     zygote = Zygote(folder, all_roots)
@@ -120,7 +132,50 @@ def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo):
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            sbx._remove_tree(folder)
+        except OSError as exc:
+            echo(f"Warm kernels: could not remove {folder} ({exc})")
+
+
+def _owner(pid: int) -> dict | None:
+    """{"pid", "started"} of a running process, None if there is none."""
+    import psutil
+
+    try:
+        return {"pid": pid, "started": psutil.Process(pid).create_time()}
+    except psutil.Error:
+        return None
+
+
+def _remove_stale(tmp: Path) -> list[Path]:
+    """Remove the zygote folders in tmp whose batch process no longer runs (it was killed);
+    return them. A folder without a readable owner.json is left alone."""
+    removed = []
+    for folder in tmp.glob(f"{PREFIX}*"):
+        try:
+            owner = json.loads((folder / OWNER).read_text())
+            pid, started = int(owner["pid"]), float(owner["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _owner(pid) != {"pid": pid, "started": started} and not _listening(folder / "zygote.sock"):
+            try:
+                sbx._remove_tree(folder)
+            except OSError:
+                continue
+            removed.append(folder)
+    return removed
+
+
+def _listening(path: Path) -> bool:
+    """A process still accepts connections on this Unix socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
 
 
 def _wait_ready(proc: subprocess.Popen, zygote: Zygote, log: Path, echo) -> float | None:

@@ -35,6 +35,7 @@ from . import repair as repair_mod
 from .course import GRADER_DIR, ROOT
 from .execute import TIMING_KEY, cell_label, outcome
 from .results import GradingResult, write_json
+from .sandbox import reap
 
 RESULT = "result.json"
 JOB = "job.json"
@@ -144,6 +145,7 @@ def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict
     finally:
         leftovers = kill_tree(proc.pid, marker)
         proc.join(timeout=10)
+        reap(job_dir)  # what the sandbox of a killed worker left: cgroups, /tmp folders
         if registry is not None:
             registry.pop(job_dir.name, None)
     seconds = round(time.monotonic() - started, 1)
@@ -323,16 +325,12 @@ def _logger(student: str) -> logging.Logger:
 
 
 def _run_dir(job_dir: Path, name: str = "run") -> Path:
-    """A kernel's folder: the lab's helper files only. The notebook nbgrader writes, the evidence
-    and the gradebook stay outside it; the grader never reads anything back from it."""
-    from . import lab
-
-    course = course_mod.load()
+    """A kernel's host folder, empty: the cwd of the process that starts the kernel. The kernel
+    works in a private folder of its sandbox (the lab's helper files bound into it); only
+    without bubblewrap is this its working folder. The grader never reads anything back from it."""
     run_dir = job_dir / name
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
-    for helper in lab.load(course).SUPPORT_FILES:
-        shutil.copyfile(course.source_dir / helper, run_dir / helper)
     return run_dir
 
 
@@ -357,12 +355,15 @@ def sandbox_spec(environ) -> tuple[dict[str, str], dict[Path, str]]:
 def _sandbox(job: Job, run_dir: Path):
     """The submission's kernel sandbox, started by kernel_boot.py (the CPU standing in for CUDA),
     as a fork of the batch's zygote when there is one (warm.py)."""
+    from . import lab
     from .sandbox import Limits, Sandbox
     from .warm import Zygote
 
+    course = course_mod.load()
     env, binds = sandbox_spec(os.environ)
-    return Sandbox(run_dir, Limits.load(), env=env, binds=binds, boot=BOOT, allow_unsafe=job.allow_unsafe,
-                   zygote=Zygote.from_env(os.environ))
+    helpers = {course.source_dir / name: name for name in lab.load(course).SUPPORT_FILES}
+    return Sandbox(run_dir, Limits.load(), env=env, binds=binds, files=helpers, boot=BOOT,
+                   allow_unsafe=job.allow_unsafe, zygote=Zygote.from_env(os.environ), manifest_dir=run_dir.parent)
 
 
 def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:

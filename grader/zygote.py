@@ -9,8 +9,10 @@ confines itself further before any student code runs:
     client (host, the "kernel process" jupyter_client starts and kills)
       -> zygote (sandboxed, imports done)  forks  C: joins the submission's cgroup, sets the
          rlimits, takes new mount, pid, network, ipc and uts namespaces; over-mounts the batch's
-         writable folders with empty read-only tmpfs, binds back only its own run and socket
-         folders, gives itself a private /tmp and /dev/shm; relays the client's messages.
+         writable folders with empty read-only tmpfs, binds back only its own socket folder
+         (and, read-only, its connection file's), gives itself a private /tmp and /dev/shm and
+         a private working folder (a tmpfs bounded in size and in number of files, the lab's
+         helper files bound read-only into it); relays the client's messages.
          C forks G: pid 1 of the new pid namespace, mounts a fresh /proc (with /proc/sys,
          sysrq-trigger, irq and bus read-only, as bubblewrap does), reaps; when it ends, Linux
          kills every process of the namespace.
@@ -19,7 +21,8 @@ confines itself further before any student code runs:
          CPU-for-CUDA shim (kernel_boot.py) and becomes the ipykernel.
 
 Isolation between submissions graded at the same time comes from the namespaces: a kernel
-sees only its own processes (own /proc), its own folders, its own /tmp, no network at all
+sees only its own processes (own /proc), its own folders, its own /tmp and working folder
+(nothing of either is on the host, and both are gone with the kernel), no network at all
 (not even loopback), and holds no capability with which to undo the mounts. The limits come
 from the submission's cgroup, which C joins by writing 0 into the cgroup.procs files the
 client opened (memory and pids are charged to the submission from then on). A warm kernel
@@ -196,7 +199,8 @@ def _self_test(roots: list[str]) -> str:
         try:
             seen = [p for p in sys.path if p and os.path.exists(p)]
             _unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
-            _confine_files({"writable": [], "tmp_bytes": 1 << 20}, roots)
+            _confine_files({"writable": [], "readable": [], "files": {}, "tmp_bytes": 1 << 20,
+                            "cwd": os.getcwd(), "run_bytes": 1 << 20, "run_inodes": 64}, roots)
             gone = [p for p in seen if not os.path.exists(p)]
             if gone:
                 raise FileNotFoundError(f"the confined fork lost {gone}")
@@ -279,12 +283,20 @@ def _loopback_up() -> None:
 
 
 def _confine_files(request: dict, roots: list[str]) -> None:
-    """Only the request's writable folders stay visible in the batch's folders; a private /tmp."""
+    """Only the request's socket and connection-file folders stay visible in the batch's folders;
+    a private /tmp and /dev/shm; a private working folder (request["cwd"], this process's cwd in
+    the zygote) holding the request's files, read-only."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    keep = {folder: os.open(folder, os.O_PATH | os.O_DIRECTORY) for folder in request["writable"]}
-    for folder in keep:
-        if not any(folder == r or folder.startswith(r.rstrip("/") + "/") for r in roots):
-            raise PermissionError(f"{folder} is not inside the batch's folders {roots}")
+    keep = {folder: (os.open(folder, os.O_PATH | os.O_DIRECTORY), False) for folder in request["writable"]}
+    keep |= {folder: (os.open(folder, os.O_PATH | os.O_DIRECTORY), True) for folder in request["readable"]}
+    files = {inside: os.open(source, os.O_PATH | os.O_NOFOLLOW) for source, inside in request["files"].items()}
+    for path in [*keep, *request["files"]]:
+        if not _inside(path, roots):
+            raise PermissionError(f"{path} is not inside the batch's folders {roots}")
+    cwd = request["cwd"]
+    if cwd == "/" or _inside(cwd, roots) or any(os.path.dirname(p) != cwd or os.path.basename(p) in ("", ".", "..")
+                                                for p in files):
+        raise PermissionError(f"the working folder {cwd} must be a folder of its own, the files directly in it")
     size = f"size={int(request['tmp_bytes'])},mode=1777"
     if os.path.isdir(HOSTPROC):
         _mount("tmpfs", HOSTPROC, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4096,mode=0555")
@@ -297,19 +309,33 @@ def _confine_files(request: dict, roots: list[str]) -> None:
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             open(path, "a").close()
-        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        if read_only:
-            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        os.close(fd)
+        _bind(fd, path, read_only)
     for root in roots:
         os.makedirs(root, exist_ok=True)  # a root under /tmp is gone from the new /tmp
         _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=65536,mode=0755")
-    for folder, fd in keep.items():
+    for folder, (fd, read_only) in keep.items():
         os.makedirs(folder, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", folder, None, MS_BIND | MS_REC)
-        os.close(fd)
+        _bind(fd, folder, read_only)
     for root in roots:
         _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=65536,mode=0755")
+    # The working folder: bounded in bytes and in inodes, its pages charged to the cgroup C joined.
+    _mount("tmpfs", cwd, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={int(request['run_bytes'])},nr_inodes={int(request['run_inodes'])},mode=0755")
+    for inside, fd in files.items():
+        open(inside, "x").close()
+        _bind(fd, inside, True)
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _bind(fd: int, target: str, read_only: bool) -> None:
+    """Bind what the O_PATH descriptor fd is onto target (read-only if asked), then close fd."""
+    _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+    if read_only:
+        _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.close(fd)
 
 
 def _mounts_below(tops: tuple[str, ...], roots: list[str]) -> dict[str, tuple[int, bool]]:

@@ -3,15 +3,20 @@ confined as a cold sandboxed kernel.
 
 The sandbox's own tests (test_grading_sandbox.py) run here a second time with every Sandbox
 made a fork of a zygote: same user, same invisible files, same read-only places, no network,
-the same memory, process, CPU-time and file limits, nothing left after cleanup. Then what
-only forks can get wrong: two kernels of one zygote seeing each other, undoing the mounts,
-sharing random state, losing inline figures, the CUDA stand-in, a zygote that cannot start.
+the same memory, process, CPU-time, file and working-folder limits, nothing on the host,
+nothing left after cleanup or after reap(). Then what only forks can get wrong: two kernels of
+one zygote seeing each other, undoing the mounts, sharing random state, losing inline figures,
+the CUDA stand-in, a zygote that cannot start, a batch killed with its zygote running.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,13 +27,19 @@ import pytest
 from nbclient import NotebookClient
 
 import test_grading_sandbox as cold
+from conftest import ROOT
 from test_grading_sandbox import (  # noqa: F401  (run again below, with warm kernels)
-    limits, run, run_or_die, test_a_cell_over_the_time_limit_is_interrupted_under_nbgrader_execute,
+    host_files, limits, run, run_or_die, test_a_cell_over_the_time_limit_is_interrupted_under_nbgrader_execute,
     test_a_fork_storm_hits_the_process_limit, test_cpu_time_past_the_limit_kills_the_kernel,
     test_detached_processes_are_dead_after_cleanup, test_file_size_and_private_tmp_size_are_capped,
     test_files_outside_run_dir_are_invisible, test_memory_past_the_cgroup_limit_kills_the_kernel_not_the_grader,
-    test_no_network_not_even_the_graders_loopback, test_the_kernel_is_nobody_in_run_dir_with_a_minimal_environment,
-    test_torch_and_tensorflow_import_with_the_default_limits, test_writes_land_only_in_run_dir)
+    test_no_network_not_even_the_graders_loopback, test_reap_removes_what_a_killed_holder_of_a_sandbox_left,
+    test_the_connection_file_and_sockets_are_in_a_short_folder_outside_the_cwd,
+    test_the_helper_files_are_read_only_in_the_working_folder,
+    test_the_kernel_is_nobody_in_its_private_folder_with_a_minimal_environment,
+    test_the_working_folder_is_bounded_by_run_mb, test_torch_and_tensorflow_import_with_the_default_limits,
+    test_twenty_thousand_files_in_the_cwd_leave_nothing_on_the_host,
+    test_writes_land_only_in_the_private_folders_and_never_on_the_host)
 from grader import warm
 from grader.kernel_boot import CUDA_ON_CPU, TF_EAGER
 from grader.sandbox import Sandbox, probe
@@ -57,6 +68,11 @@ def zygote(tmp_path_factory):
 @pytest.fixture
 def caps():
     return CAPS
+
+
+@pytest.fixture
+def zygote_folder(zygote):
+    return zygote.folder
 
 
 @pytest.fixture
@@ -106,7 +122,8 @@ def test_two_kernels_of_one_zygote_cannot_see_each_other(zygote, tmp_path):
     look = ("import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
             "cmds = [open(f'/proc/{p}/cmdline').read() for p in pids]\n"
             f"print(len(pids), any('sleep' in c for c in cmds), os.path.exists({str(first)!r}), "
-            f"os.path.exists({str(base / 'a' / 'gradebook.db')!r}), sorted(os.listdir({str(base)!r})))")
+            f"os.path.exists({str(base / 'a' / 'gradebook.db')!r}), os.path.exists({str(base)!r}), "
+            f"sorted(os.listdir({str(zygote.share)!r})))")
     nb = cold.notebook(leave)
     with sandbox(zygote, first) as a, sandbox(zygote, second) as b:
         client = NotebookClient(nb, config=a.config(), timeout=30, resources={"metadata": {"path": str(first)}})
@@ -115,9 +132,10 @@ def test_two_kernels_of_one_zygote_cannot_see_each_other(zygote, tmp_path):
             assert any("sleep" in " ".join(p.cmdline()) for p in map(psutil.Process, a.pids()))
             out = run(b, look)
     assert cold.texts(nb) == ["left"]
-    count, sees_sleep, sees_a, sees_book, listing = out[0].split(" ", 4)
+    count, sees_sleep, sees_a, sees_book, sees_base, listing = out[0].split(" ", 5)
     assert int(count) < 10 and sees_sleep == "False" and sees_a == "False" and sees_book == "False", out
-    assert listing == "['b']"  # the batch's folders show only its own path
+    assert sees_base == "False", out  # nothing of the batch's work folder
+    assert listing == f"[{b.kernel_name!r}]", out  # of the kernels' socket folders, only its own
 
 
 def test_the_hidden_folders_cannot_be_uncovered(zygote, run_dir):
@@ -177,3 +195,59 @@ def test_read_only_binds_under_tmp_stay_visible_and_read_only(zygote, run_dir):
                   f"try:\n    open({str(path)!r}, 'a').write('x')\n    print('wrote')\n"
                   "except OSError as e:\n    print(type(e).__name__)")
     assert out == ["images", "OSError"] and path.read_text() == "images"
+
+
+def test_the_number_of_files_in_a_warm_kernels_working_folder_is_bounded(zygote, run_dir):
+    code = ("import errno, os\nn = 0\ntry:\n    for n in range(1000):\n        open(f'f{n}', 'w').close()\n"
+            "except OSError as e:\n    print(n, errno.errorcode[e.errno])")
+    with Sandbox(run_dir, limits(run_files=100), CAPS, env={"OMP_NUM_THREADS": "1"}, zygote=zygote) as sb:
+        out = run(sb, code)
+    made, error = out[0].split()
+    assert error == "ENOSPC" and 90 <= int(made) < 100, out  # nr_inodes: the folder itself counts
+    assert host_files(run_dir) == []
+
+
+FAKE_BATCH = """\
+import json, sys, time
+sys.path.insert(0, {root!r})
+from grader import warm
+
+real = warm._command
+
+def fake(*args, **kwargs):  # the zygote's real sandbox, running a stand-in that only makes the socket
+    argv = real(*args, **kwargs)
+    return argv[: argv.index("serve") - 1] + [
+        "-c", "import socket, sys, time; socket.socket(socket.AF_UNIX).bind(sys.argv[1]); time.sleep(600)",
+        argv[argv.index("serve") + 1]]
+
+warm._command = fake
+with warm.start([{root_dir!r}], {{}}, {{}}, {log!r}, print) as zygote:
+    print(json.dumps({{"folder": str(zygote.folder)}}), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_batch_leaves_no_zygote_running_and_the_next_start_removes_its_folder(zygote, tmp_path):
+    """SIGKILL of the batch process: bubblewrap's --die-with-parent ends the zygote at once; its
+    folder stays (nothing of the batch runs any more) until the next warm.start() sweeps it."""
+    (tmp_path / "work").mkdir()
+    script = FAKE_BATCH.format(root=str(ROOT), root_dir=str(tmp_path / "work"), log=str(tmp_path / "z.log"))
+    batch = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        line = ""
+        while not line.startswith("{"):
+            line = batch.stdout.readline()
+            assert line or batch.poll() is None, batch.stderr.read()[-3000:]
+        folder = Path(json.loads(line)["folder"])
+        running = [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
+        assert running  # bubblewrap and the stand-in zygote
+    finally:
+        batch.send_signal(signal.SIGKILL)
+        batch.wait()
+    gone, alive = psutil.wait_procs(running, timeout=10)
+    assert not alive, alive
+    assert folder.is_dir() and (folder / warm.OWNER).exists()
+    removed = warm._remove_stale(Path(tempfile.gettempdir()))
+    assert folder in removed and not folder.exists()
+    assert zygote.folder.exists() and zygote.folder not in removed  # a running batch's zygote stays
