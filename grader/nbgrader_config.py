@@ -31,3 +31,11 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 
 c.ExecutePreprocessor.timeout = COURSE.cell_timeout_s
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Student content is hostile (grader/sanitize.py): every HTML page made from a notebook, in
+# formgrader and by generate_feedback, shows it made inert, and feedback pages carry a
+# Content-Security-Policy that lets no script run (a template for generate_feedback's exporter
+# only: formgrader keeps its own).
+c.HTMLExporter.preprocessors = ["grader.sanitize.SanitizeNotebook"]
+c.GenerateFeedback.HTMLExporter.template_file = str(Path(__file__).resolve().parent / "templates"
+                                                     / "craft_feedback.html.j2")

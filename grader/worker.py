@@ -88,8 +88,8 @@ def kill_tree(pid: int, marker: str | None = None) -> int:
 
 # What each worker needs, imported once by the batch's fork server instead of once per submission
 PRELOAD = ("grader.worker", "grader.execute", "grader.verdicts", "grader.evidence", "grader.replay", "grader.score",
-           "grader.sandbox", "grader.warm", "grader.repair", "nbgrader.converters", "nbgrader.preprocessors", "nbconvert",
-           "nbclient", "jupyter_client", "psutil")
+           "grader.sandbox", "grader.warm", "grader.repair", "grader.sanitize", "nbgrader.converters",
+           "nbgrader.preprocessors", "nbconvert", "nbclient", "jupyter_client", "psutil")
 _forkserver = None
 
 
@@ -190,6 +190,7 @@ def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=No
     from traitlets.config.loader import PyFileConfigLoader
 
     from .execute import ResilientExecute
+    from .sanitize import autograde_preprocessors
 
     cfg = PyFileConfigLoader("nbgrader_config.py", path=str(GRADER_DIR)).load_config()
     traits = Autograde.class_traits()
@@ -197,8 +198,8 @@ def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=No
     sanitize.insert(sanitize.index(OverwriteCells) + 1, ClearHiddenTests)
     extra = Config()
     extra.Autograde.sanitize_preprocessors = sanitize
-    extra.Autograde.autograde_preprocessors = [ResilientExecute if p is Execute else p
-                                               for p in traits["autograde_preprocessors"].default()]
+    extra.Autograde.autograde_preprocessors = autograde_preprocessors(
+        [ResilientExecute if p is Execute else p for p in traits["autograde_preprocessors"].default()])
     extra.ResilientExecute.timeout = int(cell_timeout_s)
     if run_dir is not None:
         extra.ResilientExecute.run_dir = str(run_dir)
@@ -418,11 +419,21 @@ def _split_autograde(result: GradingResult, timing: dict) -> None:
 def _feedback(job: Job, result: GradingResult) -> None:
     from nbgrader.converters import GenerateFeedback
 
+    from .sanitize import protect_page
+
     course = course_mod.load()
-    error = _run_app(GenerateFeedback, nbgrader_config(job.cell_timeout_s), course.assignment, job.student,
-                     _logger(job.student))
+    cfg = nbgrader_config(job.cell_timeout_s)
+    error = _run_app(GenerateFeedback, cfg, course.assignment, job.student, _logger(job.student))
     if error:
         result.notes.append(f"no feedback file: nbgrader generate_feedback failed ({error})")
+        return
+    page = (Path(cfg.CourseDirectory.root) / cfg.CourseDirectory.feedback_directory / job.student
+            / course.assignment / f"{course.notebook}.html")
+    try:  # the feedback template already did it: this makes sure, or publishes no page
+        protect_page(page)
+    except (OSError, ValueError) as exc:
+        page.unlink(missing_ok=True)
+        result.notes.append(f"no feedback file: its page could not be protected ({exc})")
 
 
 def autograded_path(job_dir: Path, student: str) -> Path:
