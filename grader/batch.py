@@ -223,8 +223,7 @@ def reference_phase(course: Course, opts: Options, settings: Settings, folders: 
     from . import evidence, lab, samples
 
     job_dir = folders.job(REFERENCE)
-    shutil.rmtree(job_dir, ignore_errors=True)
-    job_dir.mkdir(parents=True)
+    _clear(job_dir)
     release_nb = folders.template / "release" / course.assignment / f"{course.notebook}.ipynb"
     source = nbformat.read(course.source_notebook, as_version=4)
     submission = job_dir / "incoming" / f"{course.notebook}.ipynb"
@@ -263,6 +262,17 @@ def warm_kernels(course: Course, opts: Options, settings: Settings, folders: Fol
     return warm.start([work], env, binds, work / "zygote.log", echo)
 
 
+def _clear(job_dir: Path) -> None:
+    """An empty job folder; whatever a killed grading of it left elsewhere (cgroups, socket folders)
+    is removed first, from the manifests it left here."""
+    from .sandbox import reap
+
+    if job_dir.exists():
+        reap(job_dir)
+    shutil.rmtree(job_dir, ignore_errors=True)
+    job_dir.mkdir(parents=True)
+
+
 def _wants_regrade(opts: Options, sid: str) -> bool:
     return opts.regrade is True or (isinstance(opts.regrade, list) and sid in opts.regrade)
 
@@ -280,8 +290,7 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folde
             if previous.sha256 == f.sha256:
                 kept[sid] = previous
                 continue
-        shutil.rmtree(job_dir, ignore_errors=True)
-        job_dir.mkdir(parents=True)
+        _clear(job_dir)
         score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
         worker.Job(student=sid, source=str(f.path), release=str(release_nb), cell_timeout_s=settings.cell_timeout_s,
                    file=f.relpath, sha256=f.sha256, allow_unsafe=bool(settings.protections_off),

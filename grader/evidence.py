@@ -43,18 +43,25 @@ class EvidenceError(ValueError):
 @dataclass(frozen=True)
 class Capture:
     """After cell `after` runs, evaluate each (name, expression) of `items` in the kernel and send
-    the values as group `group` (their names are "<group>.<item>")."""
+    the values as group `group` (their names are "<group>.<item>"). Items named in
+    `reference_only` are evaluated in the reference run only: values the verification takes
+    from the reference and never from a student."""
     after: str
     group: str
     items: tuple[tuple[str, str], ...]
+    reference_only: frozenset[str] = frozenset()
+
+    def names_for(self, reference: bool) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.items if reference or name not in self.reference_only)
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.items)
+        return self.names_for(reference=True)
 
 
-def capture(after: str, group: str, **items: str) -> Capture:
-    return Capture(after, group, tuple((f"{group}.{name}", expr) for name, expr in items.items()))
+def capture(after: str, group: str, reference_only: tuple[str, ...] = (), **items: str) -> Capture:
+    return Capture(after, group, tuple((f"{group}.{name}", expr) for name, expr in items.items()),
+                   frozenset(f"{group}.{name}" for name in reference_only))
 
 
 # ----------------------------------------------------------------------------- the kernel side
@@ -108,10 +115,11 @@ finally:
 """
 
 
-def snippet(point: Capture, helpers: str, context: dict) -> str:
+def snippet(point: Capture, helpers: str, context: dict, reference: bool = False) -> str:
     """The code the worker runs in the kernel right after `point.after`. `context` holds what
     the lab's helpers get besides the student's variables (plain values: a secret seed, sizes)."""
-    args = (helpers, context, point.group, point.items, ALLOWED_KINDS, ERROR_PREFIX, MIME)
+    items = tuple(item for item in point.items if item[0] in point.names_for(reference))
+    args = (helpers, context, point.group, items, ALLOWED_KINDS, ERROR_PREFIX, MIME)
     return SNIPPET.format(code=RUNNER, args=args)
 
 

@@ -25,7 +25,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell
 from nbgrader.preprocessors import Execute
-from traitlets import Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 
 from . import evidence
 
@@ -54,10 +54,13 @@ def outcome(cell) -> str:
 class ResilientExecute(Execute):
     """nbgrader's Execute; a dead or unresponsive kernel costs only the cells from there on."""
 
-    run_dir = Unicode("", help="The kernel's working folder instead of the notebook's folder. "
+    run_dir = Unicode("", help="The folder the kernel is started from instead of the notebook's folder "
+                               "(in a sandbox, the kernel works in a private folder of its own). "
                                "Empty: the notebook's folder.").tag(config=True)
     evidence_dir = Unicode("", help="Where the evidence each capture sends is written (a folder the "
                                     "kernel cannot see). Empty: no captures.").tag(config=True)
+    reference_run = Bool(False, help="This run is the batch's reference run: the captures also take "
+                                     "the values only the reference gives.").tag(config=True)
     capture_seed = Integer(None, allow_none=True,
                            help="The batch's secret seed, given to the lab's capture code only as "
                                 "each capture runs.").tag(config=True)
@@ -127,7 +130,8 @@ class ResilientExecute(Execute):
     def _capture(self, point, resources, index) -> list:
         """Run one capture as a cell of its own that the notebook never holds; keep what it sent.
         Returns the error outputs saying the kernel died or hung in it (else none)."""
-        snippet = evidence.snippet(point, self._lab.KERNEL_SOURCE, self._lab.context(self.capture_seed))
+        snippet = evidence.snippet(point, self._lab.KERNEL_SOURCE, self._lab.context(self.capture_seed),
+                                   self.reference_run)
         capture = new_code_cell(snippet, metadata={"nbgrader": {"grade_id": point.after}})
         real, started = self.nb.cells[index], time.monotonic()
         self._capturing = True
@@ -138,7 +142,7 @@ class ResilientExecute(Execute):
             self.nb.cells[index] = real  # nbclient stores the cell it ran at its index
             self._capture_s += time.monotonic() - started
         arrays, why = evidence.read_message(capture.outputs, point.group)
-        evidence.Store(self.evidence_dir).put(point.group, arrays, point.names, why)
+        evidence.Store(self.evidence_dir).put(point.group, arrays, point.names_for(self.reference_run), why)
         return [out for out in capture.outputs if out.get("ename") in (KERNEL_DIED, KERNEL_HUNG)]
 
     def _run_cell(self, cell, resources, index):

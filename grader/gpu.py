@@ -5,8 +5,10 @@ and a Colab student usually write. What it does not cover still fails on a CPU-o
 with an error naming CUDA, the NVIDIA driver or a GPU ("Found no NVIDIA driver on your
 system", "Torch not compiled with CUDA enabled", "CUDA error: ...", "Expected all tensors to
 be on the same device, ... cuda:0 and cpu", a check saying "pass device='cuda'"), or with
-such a warning on stderr in a graded cell (which nbgrader scores 0). Such a notebook may be right on a GPU: its score here cannot be trusted, so the submission goes to
-review with the reason gpu_reason() gives, never silently graded.
+such a warning on stderr in a graded cell (which nbgrader scores 0). Such a notebook may be
+right on a GPU, so the submission carries the note gpu_reason() gives, saying which cells and
+what to do. Only a note: the text comes from the kernel, which can print anything, so it never
+decides a status (a `review` is decided by what the grader itself saw).
 """
 from __future__ import annotations
 
@@ -48,12 +50,12 @@ def gpu_failures(nb) -> list[tuple[str, str]]:
 
 
 def gpu_reason(nb) -> str | None:
-    """The reason for a `review` status if the notebook failed for want of a GPU, else None."""
+    """A note if the notebook's errors name CUDA or a GPU (it may need one), else None."""
     failures = gpu_failures(nb)
     if not failures:
         return None
     shown = "; ".join(f"{label} ({text})" for label, text in failures[:SHOWN])
     if len(failures) > SHOWN:
         shown += f"; and {len(failures) - SHOWN} more cell(s)"
-    return (f"needs a GPU the grader does not have: {shown}; points from {failures[0][0]} on "
-            "may be missing: check by hand or grade on a GPU")
+    return (f"errors name CUDA or a GPU, which the grader does not have: {shown}; if this notebook needs "
+            f"a GPU, points from {failures[0][0]} on may be missing: grade it again on a GPU")

@@ -178,7 +178,7 @@ def _wait(proc, timeout_s: float, marker: str) -> bool:
 # ----------------------------------------------------------------------------- child side
 
 def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=None, seed: int | None = None,
-                    evidence_dir: Path | None = None):
+                    evidence_dir: Path | None = None, reference: bool = False):
     """nbgrader_config.py, plus this module's settings: hidden tests removed before the notebook
     is written or run (the kernel never sees them, nor does the feedback page), our Execute,
     the kernel in run_dir and, when given, in the sandbox; with evidence_dir and seed, the
@@ -206,6 +206,7 @@ def nbgrader_config(cell_timeout_s: int, run_dir: Path | None = None, sandbox=No
     if evidence_dir is not None and seed is not None:
         extra.ResilientExecute.evidence_dir = str(evidence_dir)
         extra.ResilientExecute.capture_seed = seed
+        extra.ResilientExecute.reference_run = reference
     extra.HTMLExporter.template_name = "feedback"
     cfg.merge(extra)
     if sandbox is not None:
@@ -290,9 +291,9 @@ def _cell_problems(nb, cell_timeout_s: int) -> tuple[list[str], list[str]]:
 
 
 def cell_seconds(nb) -> dict[str, float]:
-    """Seconds each executed cell took, as ResilientExecute recorded them in the notebook."""
-    return {cell_label(cell, i): cell.metadata[TIMING_KEY]["seconds"]
-            for i, cell in enumerate(nb.cells) if TIMING_KEY in cell.get("metadata", {})}
+    """Seconds each cell that ran took, as ResilientExecute recorded them in the notebook."""
+    return {cell_label(cell, i): cell.metadata[TIMING_KEY]["seconds"] for i, cell in enumerate(nb.cells)
+            if cell.get("metadata", {}).get(TIMING_KEY, {}).get("outcome", "not_run") != "not_run"}
 
 
 def _submit(job: Job, job_dir: Path, result: GradingResult) -> bool:
@@ -380,7 +381,8 @@ def _autograde(job: Job, job_dir: Path, result: GradingResult) -> bool:
     with sandbox:
         os.environ.update(sandbox.jupyter_env())
         with _stage(result, "autograde"):
-            config = nbgrader_config(job.cell_timeout_s, run_dir, sandbox, job.seed, job_dir / EVIDENCE)
+            config = nbgrader_config(job.cell_timeout_s, run_dir, sandbox, job.seed, job_dir / EVIDENCE,
+                                     reference=not job.reference_job)
             error = _run_app(Autograde, config, course.assignment, job.student, log)
         left = sandbox.cleanup()
     if left:

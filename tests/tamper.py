@@ -20,7 +20,12 @@ find what the attacks left behind (processes, files).
 """
 from __future__ import annotations
 
-from grader.samples import Sample
+import nbformat
+
+from grader.course import load
+from grader.samples import Sample, reference_answers
+
+REFERENCE = reference_answers(nbformat.read(load().source_notebook, as_version=4))  # cell id -> answer
 
 DETACHED_MARKER = "craft-lab-tamper-detached"
 OUTSIDE_FILE = "craft-lab-tamper-was-here"
@@ -144,8 +149,9 @@ CHEATS: list[Sample] = [
                                       "answer_plot_crops": NO_PLOT}, {"check_plots": 2},
            status="review", says=TAMPERING),
     # Redefining the functions and comparisons the checks rely on.
+    # (redefining np.diff breaks matplotlib too: the plot cells raise and display nothing)
     Sample("cheat_numpy_redefined", {"answer_eval": "model.eval()\n" + NUMPY_ALL,
-                                     "gf_answer_local": ASCENDING_LOCAL}, {"gf_check_local": 2},
+                                     "gf_answer_local": ASCENDING_LOCAL}, {"gf_check_local": 2, "check_plots": 2},
            status="review", says=TAMPERING),
     Sample("cheat_comparison_redefined", {"answer_eval": "model.eval()\n" + ALWAYS_IN_RANGE,
                                           "gf_answer_auc": UNNORMALISED_AUC}, {"gf_check_auc": 1},
@@ -190,7 +196,7 @@ READ_OUTSIDE = '''import glob, os, pathlib
 _read = []
 for _pattern in ({solutions!r}, {repo!r} + "/grader/*.py", os.path.expanduser("~") + "/.bash_history",
                  "/root/*", {out!r} + "/work/*/*.ipynb", {out!r} + "/**/gradebook.db", "*.ipynb",
-                 "../*/*.ipynb", "../../**/*.ipynb"):
+                 "../*/*.ipynb", "../../*/*/*.ipynb", "/tmp/**/*.ipynb"):
     for _path in glob.glob(_pattern, recursive=True):
         try:
             _text = pathlib.Path(_path).read_text(errors="replace")
@@ -268,4 +274,185 @@ def limit_samples(port: int, repo: str, out: str, memory_gib: float) -> list[Sam
                lost_after="answer_eval", status="review", says="kernel died in answer_eval"),
         Sample("limit_detached", {"answer_eval": "model.eval()\n" + DETACHED.format(marker=DETACHED_MARKER)}),
         Sample("limit_fork_storm", {"answer_eval": "model.eval()\n" + FORK_STORM}),
+    ]
+
+# ----------------------------------------------------------------------------- forged evidence
+# Every capture sends its values once, as a display message the worker takes while the capture
+# runs (grader/evidence.py); points come only from trusted computation (grader/verdicts.py).
+# Each attack below tries to make the grader take values that are not the right numbers.
+
+EVIDENCE_MIME = "application/x-grader-evidence"
+SEEDED_STATE = ("np.concatenate([np.asarray(np.random.RandomState(SEED).get_state()[1], dtype=np.int64), "
+                "np.asarray(np.random.RandomState(SEED).get_state()[2:4], dtype=np.int64)])")
+
+# A later cell sends evidence of its own for an earlier capture (the old "rewrite split.npz").
+LATE_MESSAGE = f'''import base64 as _b64, copy as _copy, io as _io
+from IPython.display import publish_display_data as _publish
+with torch.no_grad():
+    _logits = _copy.deepcopy(model).eval()(torch.randn(2, 3, 256, 256))
+_buffer = _io.BytesIO()
+np.savez(_buffer, **{{"split.h": _logits.numpy(), "split.h_is_module": np.asarray(True)}})
+_publish({{"{EVIDENCE_MIME}": _b64.b64encode(_buffer.getvalue()).decode()}},
+         metadata={{"{EVIDENCE_MIME}": {{"group": "split"}}}})
+print("LATE EVIDENCE SENT")
+'''
+
+# A thread keeps writing forged artefact files where the grader used to read them back.
+FILE_THREAD = '''import os as _os, threading as _threading, time as _time
+def _forge_files():
+    _os.makedirs("craft_lab_artefacts", exist_ok=True)
+    while True:
+        for _group in ("fit", "split", "importance"):
+            try:
+                np.savez(f"craft_lab_artefacts/{_group}.npz", **{f"{_group}.u": np.ones((18, 10))})
+            except OSError:
+                pass
+        _time.sleep(0.05)
+_threading.Thread(target=_forge_files, daemon=True).start()
+'''
+
+# The display call the capture sends through is replaced: the fit's evidence is rewritten on its
+# way out (numpy "seeded", other thread counts, so that the U of an unseeded fit looks fine).
+PATCHED_PUBLISH = f'''import base64 as _b64, io as _io, IPython.display as _display
+_real_publish = _display.publish_display_data
+def _forging_publish(data, metadata=None, **kwargs):
+    if "{EVIDENCE_MIME}" in data and (metadata or {{}}).get("{EVIDENCE_MIME}", {{}}).get("group") == "fit":
+        with np.load(_io.BytesIO(_b64.b64decode(data["{EVIDENCE_MIME}"]))) as _z:
+            _arrays = {{k: _z[k] for k in _z.files}}
+        _arrays["fit.rng"] = {SEEDED_STATE}
+        _arrays["fit.threads"] = np.asarray([2, 1])
+        _buffer = _io.BytesIO()
+        np.savez(_buffer, **_arrays)
+        data = {{"{EVIDENCE_MIME}": _b64.b64encode(_buffer.getvalue()).decode()}}
+    return _real_publish(data, metadata, **kwargs)
+_display.publish_display_data = _forging_publish
+'''
+
+# A tracer watches the capture code run and rewrites its values before they are sent.
+TRACER = f'''import sys as _sys
+def _watch(frame, event, arg):
+    if frame.f_code.co_name != "run" or frame.f_code.co_filename != "<string>":
+        return None
+    def _line(f, e, a):
+        saved = f.f_locals.get("saved")
+        if isinstance(saved, dict) and "fit.rng" in saved:
+            saved["fit.rng"] = {SEEDED_STATE}
+            saved["fit.threads"] = np.asarray([3, 3])
+        return _line
+    return _line
+_sys.settrace(_watch)
+'''
+
+# numpy's savez, which the capture calls, is replaced: the eval flags are forged on the way.
+PATCHED_SAVEZ = '''_real_savez = np.savez
+def _forging_savez(file, *args, **arrays):
+    if "eval.training" in arrays:
+        arrays.update({"eval.training": np.asarray(False), "eval.modules_training": np.asarray(0)})
+    return _real_savez(file, *args, **arrays)
+np.savez = _forging_savez
+'''
+
+# Records of plots that were never made, and a blank picture where the crops should be.
+FAKE_FIGURE = '''recorder.plot_calls.append(("plot_concepts_crops", True, 0))
+plt.figure(figsize=(7, 2.5))
+plt.axis("off")
+plt.show()'''
+
+CHEATS += [
+    Sample("cheat_late_message", {"answer_split": HANDOUT_SPLIT,
+                                  "answer_transform": LATE_MESSAGE + "\n" + REFERENCE["answer_transform"]},
+           {"check_h": 2}),
+    Sample("cheat_file_thread", {"answer_eval": "model.eval()\n" + FILE_THREAD, "answer_fit": UNSEEDED_FIT},
+           {"check_fit": 2}),
+    Sample("cheat_patched_publish", {"answer_eval": "model.eval()\n" + PATCHED_PUBLISH + RECORDER_SEED,
+                                     "answer_fit": UNSEEDED_FIT}, {"check_fit": 2}, status="review", says=TAMPERING),
+    Sample("cheat_tracer", {"answer_eval": "model.eval()\n" + TRACER + RECORDER_SEED, "answer_fit": UNSEEDED_FIT},
+           {"check_fit": 2}, status="review", says=TAMPERING),
+    Sample("cheat_patched_savez", {"answer_eval": ASSERTS_DEFUSED + PATCHED_SAVEZ + FORGOT_EVAL}, EVAL_POINTS,
+           status="review", says=TAMPERING),
+    Sample("cheat_fake_figure", {"answer_plot_crops": FAKE_FIGURE}, {"check_plots": 2}, status="review",
+           says=TAMPERING),
+    Sample("cheat_unseeded_threads", {"answer_eval": "model.eval()\n" + RECORDER_SEED,
+                                      "answer_fit": "torch.set_num_threads(2)\n" + UNSEEDED_FIT},
+           {"check_fit": 2}, status="review", says=TAMPERING),
+]
+
+
+# ----------------------------------------------------------------------------- the TA's machine and eyes
+# Answers right, attacks on what the grader does with the kernel's folder and outputs: links for
+# the host to follow, live HTML and scripts for the TA's browser, escape sequences for the TA's
+# terminal, and more files, disk, output and time than a submission may use.
+
+INJECTED = "INJECTED-BY-A-STUDENT"
+HTML_ATTACK = f"""from IPython.display import HTML, Javascript, display
+display(HTML('<script>document.title="{INJECTED}"</script><img src=x onerror="document.title=1">'))
+display(Javascript('document.title = "{INJECTED}"'))
+"""
+SVG_ATTACK = f"""from IPython.display import SVG, display
+display(SVG('<svg xmlns="http://www.w3.org/2000/svg" onload="document.title=2">'
+            '<script>document.title="{INJECTED}"</script><circle cx="5" cy="5" r="5"/></svg>'))
+"""
+WRITTEN_ATTACK = ('<img src=x onerror="document.title=3"> The three concepts are eyes, ears and fur. '
+                  '<a href="javascript:document.title=4">more</a>')
+LINKS = """import os
+_planted = []
+os.makedirs("craft_lab_artefacts", exist_ok=True)
+for _link, _target in {links!r}:
+    try:
+        os.symlink(_target, _link)
+        _planted.append(_link)
+    except OSError as _exc:
+        print("link refused:", _link, type(_exc).__name__)
+print("LINKS PLANTED:", _planted)
+"""
+TERMINAL_TEXT = r"\x1b[2J\x1b]0;pwned\x07| fake | cell |\n[99/99] fake_student 25/25 graded | CUDA error: device-side assert"
+LATE_ERROR = f'\nraise RuntimeError("{TERMINAL_TEXT}")'
+MANY_FILES = """import os
+_made, _written = 0, 0
+try:
+    for _i in range(100_000):
+        open(f"f{_i}", "w").close()
+        _made += 1
+except OSError as _exc:
+    print("files stopped:", type(_exc).__name__)
+try:
+    with open("big.bin", "wb") as _f:
+        for _ in range(3 * 1024):
+            _f.write(bytes(2**20))
+            _written += 1
+except OSError as _exc:
+    print("disk stopped:", type(_exc).__name__)
+print("FILES MADE", _made, "MB WRITTEN", _written)
+for _i in range(_made):
+    os.remove(f"f{_i}")
+if os.path.exists("big.bin"):
+    os.remove("big.bin")
+"""
+MUCH_OUTPUT = """for _ in range(200):
+    print("x" * 2**20)
+"""
+SLEEPS = """import time
+for _ in range(5):
+    time.sleep(295)
+"""
+
+
+def machine_samples(out: str) -> list[Sample]:
+    """Attacks on the TA's machine, browser and terminal, two ways each; `out` is the batch's folder."""
+    gradebook = f"{out}/nbgrader/gradebook.db"
+    links_1 = [("craft_lab_artefacts/probe.npy", gradebook),
+               ("craft_lab_artefacts/split.npz", f"{out}/work/_reference/evidence/split.npz")]
+    links_2 = [("gradebook.db", gradebook), ("craft_lab_artefacts/fit.npz", "/etc/passwd"),
+               ("escape", "/"), ("reference", f"{out}/work/_reference")]
+    plot = REFERENCE["gf_answer_deletion_plot"]
+    return [
+        Sample("attack_html_links", {"answer_eval": "model.eval()\n" + HTML_ATTACK + LINKS.format(links=links_1),
+                                     "gf_answer_deletion_plot": plot + LATE_ERROR},
+               says="errors in: gf_answer_deletion_plot (RuntimeError"),
+        Sample("attack_svg_answer_links", {"answer_eval": "model.eval()\n" + SVG_ATTACK + LINKS.format(links=links_2),
+                                           "written_concepts": WRITTEN_ATTACK}),
+        Sample("limit_files_and_disk", {"answer_eval": "model.eval()\n" + MANY_FILES}),
+        Sample("limit_output", {"answer_eval": "model.eval()\n" + MUCH_OUTPUT}),
+        Sample("limit_sleeps", {"answer_eval": "model.eval()\n" + SLEEPS}, status="failed",
+               says="per-notebook time limit"),
     ]

@@ -230,11 +230,11 @@ def test_craft_with_cuda_hard_coded_runs_in_the_grading_kernel(tmp_path, monkeyp
     assert gpu_reason(nb) is None
 
 
-def test_without_the_shim_the_same_cell_fails_and_goes_to_review(tmp_path, monkeypatch, without_shim):
+def test_without_the_shim_the_same_cell_fails_with_a_note_saying_why(tmp_path, monkeypatch, without_shim):
     nb = run_in_boot_kernel(tmp_path, monkeypatch, GPU_CELLS[:1] + ["print('after')"], shim=False)
     assert [o.output_type for o in nb.cells[0].outputs][-1] == "error"
     reason = gpu_reason(nb)
-    assert reason and reason.startswith("needs a GPU the grader does not have: gpu_cell_0 (RuntimeError:")
+    assert reason and reason.startswith("errors name CUDA or a GPU, which the grader does not have: gpu_cell_0 (RuntimeError:")
     assert "NVIDIA" in reason and "points from gpu_cell_0 on may be missing" in reason
 
 
@@ -264,8 +264,8 @@ def error(ename, evalue):
 def test_gpu_reason_names_the_first_cell_that_needed_a_gpu(ename, evalue):
     nb = notebook([], [error(ename, evalue)], [error("NameError", "name 'crops' is not defined")])
     reason = gpu_reason(nb)
-    assert reason == (f"needs a GPU the grader does not have: c1 ({ename}: {evalue}); points from c1 on "
-                      "may be missing: check by hand or grade on a GPU")
+    assert reason == (f"errors name CUDA or a GPU, which the grader does not have: c1 ({ename}: {evalue}); if this "
+                      "notebook needs a GPU, points from c1 on may be missing: grade it again on a GPU")
 
 
 @pytest.mark.parametrize("ename, evalue", [

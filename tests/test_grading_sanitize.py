@@ -27,7 +27,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from grader import artefacts, sanitize, worker
+from grader import evidence, sanitize, worker
 from grader.course import GRADER_DIR
 from grader.results import GradingResult
 
@@ -185,7 +185,7 @@ def test_the_sanitized_notebook_keeps_no_code_and_all_that_the_student_sees():
     # what nbgrader and the grader's verification read does not change
     for cell, original in zip(nb.cells, before.cells):
         assert cell.metadata == original.metadata and (cell.cell_type == "markdown" or cell.source == original.source)
-    assert artefacts.cell_outputs(nb) == artefacts.cell_outputs(before)
+    assert evidence.displayed(nb) == evidence.displayed(before)
 
 
 def test_sanitizing_twice_changes_nothing_more():

@@ -145,6 +145,12 @@ def test_every_captured_name_is_declared_once_and_every_rule_reads_declared_name
     assert len(names) == len(set(names)) and set(REFERENCE) == set(names)
 
 
+def test_a_student_is_never_asked_for_what_only_the_reference_gives():
+    only = {n for point in LAB.CAPTURES for n in point.reference_only}
+    assert only and not only & {n for point in LAB.CAPTURES for n in point.names_for(reference=False)}
+    assert failing(run({k: v for k, v in REFERENCE.items() if k not in only})) == {}
+
+
 def test_the_constants_are_the_notebooks_and_craftlabs():
     import craftlab
 

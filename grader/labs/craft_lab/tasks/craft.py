@@ -13,7 +13,7 @@ from grader.verdicts import Verdict
 from ..common import KERNEL, REFERENCE, Ctx, check, equal, true
 
 CAPTURES = (
-    capture("answer_craft", "craft",
+    capture("answer_craft", "craft", reference_only=("kernel_device",),
             is_craft="isinstance(craft, CraftTorch_)",
             concepts="craft.number_of_concepts",
             patch="craft.patch_size",

@@ -15,7 +15,7 @@ from grader.verdicts import Verdict
 from ..common import KERNEL, OWN, REFERENCE, Ctx, LOGIT_GAP, check, equal, gap_below, same_as, true, with_scale
 
 CAPTURES = (
-    capture("answer_split", "split",
+    capture("answer_split", "split", reference_only=("model", "fc_w", "fc_b"),
             g_is_module="isinstance(g, torch.nn.Module)",
             h_is_module="isinstance(h, torch.nn.Module)",
             g="out(g, probe())",
