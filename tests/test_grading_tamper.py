@@ -59,7 +59,7 @@ def server():
 
 
 ANSI_FOLDER = "\x1b[2Jevil\x1b]0;pwned\x07"
-FORMULA_FOLDER = '=HYPERLINK("http://evil.example","x")'
+FORMULA_FOLDER = '=SUM(1,1)+HYPERLINK("evil","x")'
 
 
 def hostile_inbox_extras(inbox: Path, reference_nb: bytes) -> None:
