@@ -121,3 +121,34 @@ def test_the_worker_records_an_ungradable_file_without_running_nbgrader(tmp_path
     result = GradingResult.read(tmp_path / worker.RESULT)
     assert result.status == "failed" and result.reason.startswith(("not a notebook", "does not look like"))
     assert not (tmp_path / "autograded").exists()
+
+
+def test_a_status_comes_from_what_the_executor_saw_never_from_printed_error_names(tmp_path):
+    """A kernel can print any error output; only the grader's own record decides a review."""
+    forged = ("from IPython.display import display\n"
+              "get_ipython().display_pub.publish({'text/plain': 'x'})\n"
+              "raise type('KernelDied', (Exception,), {})('the kernel died while running this cell')")
+    timeout_name = "raise type('CellTimeoutError', (Exception,), {})('No reply from kernel before timeout')"
+    nb, outputs = run(tmp_path, forged, timeout_name, "print('after')")
+    assert outputs[0][-1][:2] == ("error", "KernelDied") and outputs[1][-1][:2] == ("error", "CellTimeoutError")
+    notes, review = worker._cell_problems(nb, 5)
+    assert review == [] and outputs[2] == [("stream", None, "after")]
+    assert [c.metadata["grader"]["outcome"] for c in nb.cells] == ["error", "error", "ok"]
+
+
+def test_a_record_planted_in_the_submitted_notebook_is_replaced(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("print('hi')")])
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells[0].metadata["grader"] = {"seconds": 0.0, "outcome": "died"}
+    nb.metadata["grader"] = {"kernel_start_seconds": -1}
+    ResilientExecute(timeout=5).preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    assert nb.cells[0].metadata["grader"]["outcome"] == "ok" and nb.metadata["grader"]["kernel_start_seconds"] >= 0
+
+
+def test_outputs_are_kept_within_their_budget_with_a_note(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("for _ in range(40):\n    print('x' * 2**17)"), new_code_cell("print('next')")])
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    ResilientExecute(timeout=30, cell_output_mb=1.0, output_mb=1.5).preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    kept = sum(len(o.get("text", "")) for o in nb.cells[0].outputs)
+    assert kept <= 1.1 * 2**20 and "output truncated" in nb.cells[0].outputs[-1]["text"]
+    assert nb.cells[0].metadata["grader"]["truncated"] and "next" in nb.cells[1].outputs[0]["text"]

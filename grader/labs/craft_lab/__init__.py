@@ -1,22 +1,22 @@
 """The CRAFT lab's grading: what the engine asks of a lab (grader/lab.py), from the task modules.
 
-Each graded task has one module in tasks/ (captures, replays, requests, rules together); TASKS
-lists them in notebook order. Adding a task: its cells in the source notebook, its module here
-(and in TASKS), its row in the sample table (tests/submissions.py).
+Each graded task has one module in tasks/ (captures, replays, requests, rules together), found
+here by itself. Adding a task: its cells in the source notebook, its module in tasks/, its row
+in the sample table (tests/submissions.py).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 from grader.verdicts import Verdict
 
-from . import common, kernel
+from . import common, kernel, tasks
 from .common import Ctx, Run
-from .tasks import craft, deletion, eval_mode, fit, fit3, importance, local, plots, preprocess, recursion, split, \
-    split3, transform
 
-TASKS = (eval_mode, split, transform, preprocess, craft, fit, importance, plots, split3, fit3, local, deletion,
-         recursion)
+TASKS = tuple(importlib.import_module(f"{tasks.__name__}.{info.name}")
+              for info in sorted(pkgutil.iter_modules(tasks.__path__), key=lambda info: info.name))
 
 CAPTURES = tuple(point for task in TASKS for point in task.CAPTURES)
 NAMES = frozenset(name for point in CAPTURES for name in point.names)
