@@ -16,7 +16,7 @@ import html
 import html.parser
 import http.server
 import io
-import json
+import re
 import sqlite3
 import threading
 import zipfile
@@ -89,8 +89,8 @@ def graded(course, server, tmp_path_factory):
     student = release.generate(course, tmp_path_factory.mktemp("release")) / f"{course.notebook}.ipynb"
     write_samples(samples, inbox, course.source_notebook, student)
     hostile_inbox_extras(inbox, (inbox / "limit_network" / "craft_lab.ipynb").read_bytes())
-    # the per-notebook limit derived from the reference run, as in a TA's batch (here: 4 x, 120 s at least)
-    quick = dataclasses.replace(course, notebook_timeout_floor_s=120, notebook_timeout_factor=4)
+    # the per-notebook limit derived from the reference run, as in a TA's batch (here: 4 x, 240 s at least)
+    quick = dataclasses.replace(course, notebook_timeout_floor_s=240, notebook_timeout_factor=4)
     lines = []
     result = batch.grade(quick, batch.Options(submissions=inbox, out=out, workers=2, n_images=N_IMAGES,
                                               cell_timeout_s=120), echo=lines.append)
@@ -250,8 +250,8 @@ def test_no_student_script_is_live_in_the_feedback_page_or_the_notebook_formgrad
         nb = nbformat.read(path, as_version=4)
         kinds = {kind for c in nb.cells for o in c.get("outputs", []) for kind in o.get("data", {})}
         assert not {"application/javascript", "text/javascript"} & kinds, student
-        text = json.dumps([c.source for c in nb.cells if c.cell_type == "markdown"])
-        assert "onerror=" not in text.replace("\u200b", "") or "<\u200bimg" in text, "the answer's HTML is inert"
+        answers = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        assert "<img src=x onerror" not in answers and "javascript:" not in answers, "the answer's HTML is inert"
     answer = next(c for c in nbformat.read(out / "nbgrader" / "autograded" / "attack_svg_answer_links"
                                            / course.assignment / f"{course.notebook}.ipynb", as_version=4).cells
                   if c.get("id") == "written_concepts")
@@ -277,9 +277,11 @@ def test_student_text_reaches_the_ta_escaped(graded):
     for table in ("results.csv", "collect.csv"):
         for row in csv.reader(io.StringIO((out / table).read_text())):
             assert not any(cell.lstrip().startswith(("=", "+", "@")) for cell in row), (table, row)
-    summary = (out / "summary.md").read_text()
-    rows = [line for line in summary.splitlines() if line.startswith("| attack_html_links")]
-    assert all(line.count(" | ") == 3 for line in rows), "a reason cannot break the table"
+    columns = None
+    for line in (out / "summary.md").read_text().splitlines():  # every row has its table's columns
+        pipes = len(re.findall(r"(?<!\\)\|", line))
+        columns = (columns or pipes) if line.startswith("|") else None
+        assert pipes in (0, columns), f"a row that breaks its table: {line!r}"
     attack = next(r for r in result.results if r.student == "attack_html_links")
     assert attack.status == "graded", "an error text naming CUDA does not decide a review"
 
@@ -293,6 +295,6 @@ def test_what_a_kernel_leaves_is_bounded(graded, course):
     assert autograded.stat().st_size < 24 * 2**20 and "output truncated" in output_of(out, course, "limit_output")
     assert (out / "feedback" / "limit_output" / f"{course.notebook}.html").stat().st_size < 24 * 2**20
     sleeper = got["limit_sleeps"]
-    assert sleeper.status == "failed" and sleeper.seconds < 300, sleeper.reason
+    assert sleeper.status == "failed" and sleeper.seconds < 400, sleeper.reason
     for job in (out / "work").iterdir():
         assert not list(job.glob("craft-sandbox-*.json")), f"{job.name}: a sandbox was not cleaned up"

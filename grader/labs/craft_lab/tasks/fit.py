@@ -89,7 +89,7 @@ def fit_checks(c: Ctx, group: str, u: str, w: str) -> tuple[list, str]:
     reference = inputs_same(c, group)
 
     def factors():
-        (eu, basis), (ew, _) = expected_from(c, reference, u, f"{group}.u"), expected_from(c, reference, w, f"{group}.w")
+        eu, ew = expected_from(c, reference, u, f"{group}.u")[0], expected_from(c, reference, w, f"{group}.w")[0]
         return (same(s(u), eu, NMF_REL) and same(s(w), ew, NMF_REL),
                 f"max gap U {max_gap(s(u), eu):.3g}, W {max_gap(s(w), ew):.3g} (limit {NMF_REL:g} x scale)")
 
