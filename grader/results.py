@@ -21,7 +21,7 @@ STAGES = {
     "cells": "the notebook's cells (imports in setup_imports, each task's cells)",
     "captures": "the artefact captures after graded cells",
     "nbgrader": "nbgrader's own steps in autograde (sanitize, gradebook, write)",
-    "verify": "out-of-kernel verification and scores (replays included)",
+    "verify": "out-of-kernel verification and scores (replays apart)",
     "replay": "trusted recomputations on the student's own values, when they differ from the reference's",
     "feedback": "nbgrader generate_feedback (the HTML page)",
 }
