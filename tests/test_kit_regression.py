@@ -83,5 +83,5 @@ def test_solution_at_the_handouts_full_size(course, tmp_path):
     assert "images: (300, 224, 224, 3) uint8" in out["load_data"]
     assert "crops: (2700, 3, 80, 80)  U: (2700, 10)  W: (10, 2048)" in out["show_fit"]
     assert "importances: (10,)" in out["show_importance"]
-    graded = [c.id for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    graded = [c.id for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")]
     assert all(out[g].startswith("OK") for g in graded), {g: out[g][:200] for g in graded}

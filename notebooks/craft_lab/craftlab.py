@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
+import tempfile
 import sys
 import time
 import urllib.error
@@ -133,20 +135,23 @@ def pick_device(settings: Settings | None = None) -> str:
 
 
 # Warnings the student cannot act on: shown once per kernel, with what they mean, then hidden.
+RETRACING = "TensorFlow retracing"
 SHOWN_ONCE = {
     "ConvergenceWarning": (
         "This is scikit-learn's NMF inside Xplique's CRAFT stopping at its built-in cap of 200 "
         "iterations; the cap cannot be changed from CraftTorch and the concepts are still usable, "
         "so it is harmless here. Shown once: further ConvergenceWarnings are hidden."),
+    RETRACING: (
+        "This is TensorFlow compiling part of Xplique's Sobol importance estimation once more: "
+        "estimate_importance builds a new estimator at every call, and TensorFlow warns once it "
+        "has compiled the same function several times. It costs a fraction of a second and changes no result, so it is "
+        "harmless here. Shown once: further retracing warnings are hidden."),
 }
 _shown_once: set[str] = set()
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """warnings.showwarning for the notebook: on stdout (see keep_stderr_clean), and the
-    warnings of SHOWN_ONCE only the first time, with one sentence on what they mean.
-    Every other warning is shown as Python's filters decide (they may be actionable)."""
-    name = category.__name__
+def _show(name: str, message) -> None:
+    """Print a warning on stdout; those of SHOWN_ONCE only the first time, with their meaning."""
     if name in SHOWN_ONCE:
         if name in _shown_once:
             return
@@ -156,6 +161,27 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
     print(f"[warning] {name}: {message}", file=sys.stdout)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the notebook: on stdout (see keep_stderr_clean), and the
+    warnings of SHOWN_ONCE only the first time, with one sentence on what they mean.
+    Every other warning is shown as Python's filters decide (they may be actionable)."""
+    _show(category.__name__, message)
+
+
+class TensorFlowRetracing(logging.Filter):
+    """On TensorFlow's Python logger: its "triggered tf.function retracing" warning goes through
+    _show (first sentence, explained once, then hidden); every other record passes unchanged."""
+
+    MARK = "triggered tf.function retracing"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if self.MARK not in text:
+            return True
+        _show(RETRACING, text.split(". ")[0] + ".")
+        return False
+
+
 def keep_stderr_clean() -> None:
     """Send the notebook's warnings and library logs to stdout instead of stderr.
 
@@ -163,9 +189,13 @@ def keep_stderr_clean() -> None:
     messages would do that: scikit-learn's NMF ConvergenceWarning, deprecation warnings,
     and TensorFlow/XLA's C++ logs (which ignore TF_CPP_MIN_LOG_LEVEL for some lines).
     You still see them in the cell output (show_warning); the ones in SHOWN_ONCE, which
-    the student cannot act on, only once. Errors still show as errors.
+    the student cannot act on, only once (TensorFlow's retracing warning, a log record rather
+    than a Python warning, through the TensorFlowRetracing filter). Errors still show as errors.
     """
     warnings.showwarning = show_warning
+    tf_logger = logging.getLogger("tensorflow")  # the logger tf.get_logger() returns
+    if not any(type(f).__name__ == TensorFlowRetracing.__name__ for f in tf_logger.filters):
+        tf_logger.addFilter(TensorFlowRetracing())
     try:  # absl (TensorFlow's Python logger) writes to stderr
         import absl.logging
         absl.logging.set_verbosity(absl.logging.ERROR)
@@ -180,22 +210,70 @@ def keep_stderr_clean() -> None:
         pass
 
 
+XLA_NOTE = ("TensorFlow's start-up log, printed while it compiled Xplique's Sobol estimator "
+            "once (with XLA), so that the cells that compute importances stay quiet. "
+            "Information only: nothing to do.")
+
+
 def warm_up_tensorflow() -> None:
     """Compile Xplique's Sobol estimator once, now, with a tiny input.
 
-    The first XLA compilation prints a one-time log line; doing it here keeps it out of
-    the cells that compute importances.
+    The first XLA compilation makes TensorFlow's C++ code log a few lines (an absl
+    "WARNING: All log messages before absl::InitializeLog() ..." and "Compiled cluster using
+    XLA!"): they are caught here and shown indented under XLA_NOTE, so that the student sees
+    what they are, and they stay out of the cells that compute importances.
     """
     from xplique.attributions.global_sensitivity_analysis import (HaltonSequenceRS,
                                                                   JansenEstimator)
-    masks = HaltonSequenceRS()(2, nb_design=4)
-    JansenEstimator()(masks, np.zeros(len(masks), dtype=np.float32), 4)
+
+    def compile_once():
+        masks = HaltonSequenceRS()(2, nb_design=4)
+        JansenEstimator()(masks, np.zeros(len(masks), dtype=np.float32), 4)
+
+    try:  # C++ logs go to file descriptor 2: point it at a file for the duration
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log = tempfile.TemporaryFile()
+    except (OSError, ValueError, AttributeError):  # nowhere to write it: compile without catching
+        compile_once()
+        return
+    with log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            compile_once()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    lines = [line for line in lines if line.strip()]
+    if lines:
+        print(f"[log] {XLA_NOTE}\n" + "\n".join(f"      {line}" for line in lines))
 
 
 def remind_if_offline(settings: Settings | None = None) -> None:
     """Print the offline banner again next to results, so nobody mistakes them for real ones."""
     if (settings or Settings.from_env()).offline:
         print(OFFLINE_BANNER)
+
+
+def require(namespace: dict, *names: str, task: str, cell: str = "answer cell") -> None:
+    """Stop a cell at once, saying which earlier cell to run, when one of `names` is missing.
+
+    The notebook's check cells start with it, e.g. `craftlab.require(globals(), "g", "h",
+    task="Task 2")`: a check run before its task's answer (or with the answer left blank)
+    then fails with "g is not defined: run Task 2's answer cell first (it defines g and h)"
+    instead of a bare NameError. A name bound to None counts as missing: the locked cell after
+    Task 2 sets g and h to None when the answer left them undefined. Raises AssertionError,
+    what a failed check raises.
+    """
+    __tracebackhide__ = True  # IPython: show the cell's line, not this function's
+    for name in names:
+        if namespace.get(name) is None:
+            state = "is None" if name in namespace else "is not defined"
+            listing = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+            raise AssertionError(f"{name} {state}: run {task}'s {cell} first (it defines {listing}).")
 
 
 # ----------------------------------------------------------------------------- data
@@ -375,16 +453,19 @@ def batchnorm_changes(model, snapshot: dict) -> list[str]:
             if not (state[name].cpu() == before.cpu()).all()]
 
 
-def reference_split(model):
-    """The split the lab asks for: g = the first 8 children, h = pooling, flatten, model.fc."""
+def reference_split(model, layers: int = 8):
+    """The split the lab asks for: g = the first `layers` children (8: up to layer4, 7: up to
+    layer3); h = the rest (layer4 when cut after layer3), pooling, flatten, model.fc."""
     from torch import nn
 
     children = list(model.children())
-    return nn.Sequential(*children[:8]), nn.Sequential(model.avgpool, nn.Flatten(), model.fc)
+    return (nn.Sequential(*children[:layers]),
+            nn.Sequential(*children[layers:8], model.avgpool, nn.Flatten(), model.fc))
 
 
-def split_problem(model, g, h) -> str | None:
-    """Why (g, h) is not a valid split of model, or None when h(g(x)) == model(x) with the expected g."""
+def split_problem(model, g, h, layers: int = 8) -> str | None:
+    """Why (g, h) is not a valid split of model after `layers` children, or None when g is those
+    children and h(g(x)) == model(x)."""
     import copy
 
     import torch
@@ -395,35 +476,37 @@ def split_problem(model, g, h) -> str | None:
         model_c, g_c, h_c = copy.deepcopy((model, g, h))
         for module in (model_c, g_c, h_c):
             module.eval()
-        ref_g, _ = reference_split(model_c)
+        ref_g, _ = reference_split(model_c, layers)
         device = next(model_c.parameters()).device
-        probe = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(SEED)).to(device)
+        side = 256 if layers == 8 else 128
+        probe = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(SEED)).to(device)
         with torch.no_grad():
             latent, expected = g_c(probe), ref_g(probe)
             if latent.shape != expected.shape or not torch.equal(latent, expected):
-                return f"g(x) has shape {tuple(latent.shape)} or values unlike the first 8 children"
+                return f"g(x) has shape {tuple(latent.shape)} or values unlike the first {layers} children"
             gap = (h_c(expected) - model_c(probe)).abs().max().item()
     except Exception as exc:  # a broken answer: any error means "not valid"
         return f"{type(exc).__name__}: {exc}"
     return None if gap < 1e-4 else f"h(g(x)) differs from model(x) by up to {gap:.3g}"
 
 
-def continue_with_valid_split(model, g, h):
+def continue_with_valid_split(model, g, h, layers: int = 8):
     """Return the (g, h) the rest of the notebook should use.
 
     Under nbgrader autograde, a wrong split is replaced by the reference one, so that
-    each later task is graded on its own and a mistake in Task 2 costs only Task 2's
+    each later task is graded on its own and a mistake in the split costs only its own
     points. Everywhere else your split is kept as it is, with a warning if it is wrong.
     """
-    problem = split_problem(model, g, h)
+    names = ("g", "h") if layers == 8 else (f"g{layers - 4}", f"h{layers - 4}")
+    problem = split_problem(model, g, h, layers)
     if problem is None:
-        print("Split OK: h(g(x)) == model(x).")
+        print(f"Split OK: {names[1]}({names[0]}(x)) == model(x).")
         return g, h
     if os.environ.get("NBGRADER_EXECUTION") == "autograde":
         print(f"Grader: your split is not valid ({problem}). The next tasks run with the "
-              "reference g and h, so they are graded on their own; Task 2 keeps its score.")
-        return reference_split(model)
-    print(f"WARNING: your split is not valid ({problem}). Fix Task 2 before going on: "
+              f"reference {names[0]} and {names[1]}, so they are graded on their own; this task keeps its score.")
+        return reference_split(model, layers)
+    print(f"WARNING: your split is not valid ({problem}). Fix it before going on: "
           "the next steps would explain the wrong function.")
     return g, h
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
+import tempfile
 import sys
 import time
 import urllib.error
@@ -133,20 +135,23 @@ def pick_device(settings: Settings | None = None) -> str:
 
 
 # Warnings the student cannot act on: shown once per kernel, with what they mean, then hidden.
+RETRACING = "TensorFlow retracing"
 SHOWN_ONCE = {
     "ConvergenceWarning": (
         "This is scikit-learn's NMF inside Xplique's CRAFT stopping at its built-in cap of 200 "
         "iterations; the cap cannot be changed from CraftTorch and the concepts are still usable, "
         "so it is harmless here. Shown once: further ConvergenceWarnings are hidden."),
+    RETRACING: (
+        "This is TensorFlow compiling part of Xplique's Sobol importance estimation once more: "
+        "estimate_importance builds a new estimator at every call, and TensorFlow warns once it "
+        "has compiled the same function several times. It costs a fraction of a second and changes no result, so it is "
+        "harmless here. Shown once: further retracing warnings are hidden."),
 }
 _shown_once: set[str] = set()
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """warnings.showwarning for the notebook: on stdout (see keep_stderr_clean), and the
-    warnings of SHOWN_ONCE only the first time, with one sentence on what they mean.
-    Every other warning is shown as Python's filters decide (they may be actionable)."""
-    name = category.__name__
+def _show(name: str, message) -> None:
+    """Print a warning on stdout; those of SHOWN_ONCE only the first time, with their meaning."""
     if name in SHOWN_ONCE:
         if name in _shown_once:
             return
@@ -156,6 +161,27 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
     print(f"[warning] {name}: {message}", file=sys.stdout)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the notebook: on stdout (see keep_stderr_clean), and the
+    warnings of SHOWN_ONCE only the first time, with one sentence on what they mean.
+    Every other warning is shown as Python's filters decide (they may be actionable)."""
+    _show(category.__name__, message)
+
+
+class TensorFlowRetracing(logging.Filter):
+    """On TensorFlow's Python logger: its "triggered tf.function retracing" warning goes through
+    _show (first sentence, explained once, then hidden); every other record passes unchanged."""
+
+    MARK = "triggered tf.function retracing"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if self.MARK not in text:
+            return True
+        _show(RETRACING, text.split(". ")[0] + ".")
+        return False
+
+
 def keep_stderr_clean() -> None:
     """Send the notebook's warnings and library logs to stdout instead of stderr.
 
@@ -163,9 +189,13 @@ def keep_stderr_clean() -> None:
     messages would do that: scikit-learn's NMF ConvergenceWarning, deprecation warnings,
     and TensorFlow/XLA's C++ logs (which ignore TF_CPP_MIN_LOG_LEVEL for some lines).
     You still see them in the cell output (show_warning); the ones in SHOWN_ONCE, which
-    the student cannot act on, only once. Errors still show as errors.
+    the student cannot act on, only once (TensorFlow's retracing warning, a log record rather
+    than a Python warning, through the TensorFlowRetracing filter). Errors still show as errors.
     """
     warnings.showwarning = show_warning
+    tf_logger = logging.getLogger("tensorflow")  # the logger tf.get_logger() returns
+    if not any(type(f).__name__ == TensorFlowRetracing.__name__ for f in tf_logger.filters):
+        tf_logger.addFilter(TensorFlowRetracing())
     try:  # absl (TensorFlow's Python logger) writes to stderr
         import absl.logging
         absl.logging.set_verbosity(absl.logging.ERROR)
@@ -180,22 +210,70 @@ def keep_stderr_clean() -> None:
         pass
 
 
+XLA_NOTE = ("TensorFlow's start-up log, printed while it compiled Xplique's Sobol estimator "
+            "once (with XLA), so that the cells that compute importances stay quiet. "
+            "Information only: nothing to do.")
+
+
 def warm_up_tensorflow() -> None:
     """Compile Xplique's Sobol estimator once, now, with a tiny input.
 
-    The first XLA compilation prints a one-time log line; doing it here keeps it out of
-    the cells that compute importances.
+    The first XLA compilation makes TensorFlow's C++ code log a few lines (an absl
+    "WARNING: All log messages before absl::InitializeLog() ..." and "Compiled cluster using
+    XLA!"): they are caught here and shown indented under XLA_NOTE, so that the student sees
+    what they are, and they stay out of the cells that compute importances.
     """
     from xplique.attributions.global_sensitivity_analysis import (HaltonSequenceRS,
                                                                   JansenEstimator)
-    masks = HaltonSequenceRS()(2, nb_design=4)
-    JansenEstimator()(masks, np.zeros(len(masks), dtype=np.float32), 4)
+
+    def compile_once():
+        masks = HaltonSequenceRS()(2, nb_design=4)
+        JansenEstimator()(masks, np.zeros(len(masks), dtype=np.float32), 4)
+
+    try:  # C++ logs go to file descriptor 2: point it at a file for the duration
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log = tempfile.TemporaryFile()
+    except (OSError, ValueError, AttributeError):  # nowhere to write it: compile without catching
+        compile_once()
+        return
+    with log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            compile_once()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    lines = [line for line in lines if line.strip()]
+    if lines:
+        print(f"[log] {XLA_NOTE}\n" + "\n".join(f"      {line}" for line in lines))
 
 
 def remind_if_offline(settings: Settings | None = None) -> None:
     """Print the offline banner again next to results, so nobody mistakes them for real ones."""
     if (settings or Settings.from_env()).offline:
         print(OFFLINE_BANNER)
+
+
+def require(namespace: dict, *names: str, task: str, cell: str = "answer cell") -> None:
+    """Stop a cell at once, saying which earlier cell to run, when one of `names` is missing.
+
+    The notebook's check cells start with it, e.g. `craftlab.require(globals(), "g", "h",
+    task="Task 2")`: a check run before its task's answer (or with the answer left blank)
+    then fails with "g is not defined: run Task 2's answer cell first (it defines g and h)"
+    instead of a bare NameError. A name bound to None counts as missing: the locked cell after
+    Task 2 sets g and h to None when the answer left them undefined. Raises AssertionError,
+    what a failed check raises.
+    """
+    __tracebackhide__ = True  # IPython: show the cell's line, not this function's
+    for name in names:
+        if namespace.get(name) is None:
+            state = "is None" if name in namespace else "is not defined"
+            listing = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+            raise AssertionError(f"{name} {state}: run {task}'s {cell} first (it defines {listing}).")
 
 
 # ----------------------------------------------------------------------------- data
