@@ -431,13 +431,10 @@ if os.path.exists("big.bin"):
 MUCH_OUTPUT = """for _ in range(200):
     print("x" * 2**20)
 """
-SLEEPS = """import time
-for _ in range(5):
-    try:
-        time.sleep(295)
-    except KeyboardInterrupt:  # the cell limit's interrupt, ignored: the kernel stays busy
-        pass
-"""
+# Each cell stays just under the cell limit (the tests' is 120 s), five times over: only the
+# per-notebook limit, derived from the reference run, stops it.
+SLEEP = "\nimport time\ntime.sleep(110)"
+SLEEPY_CELLS = ("answer_eval", "answer_split", "answer_transform", "answer_preprocess", "answer_craft")
 
 
 def machine_samples(out: str) -> list[Sample]:
@@ -456,6 +453,6 @@ def machine_samples(out: str) -> list[Sample]:
                                            "written_concepts": WRITTEN_ATTACK}),
         Sample("limit_files_and_disk", {"answer_eval": "model.eval()\n" + MANY_FILES}),
         Sample("limit_output", {"answer_eval": "model.eval()\n" + MUCH_OUTPUT}),
-        Sample("limit_sleeps", {"answer_eval": "model.eval()\n" + SLEEPS}, status="failed",
+        Sample("limit_sleeps", {cell: REFERENCE[cell] + SLEEP for cell in SLEEPY_CELLS}, status="failed",
                says="per-notebook time limit"),
     ]
