@@ -95,8 +95,9 @@ def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: d
              join: list[int] = (), mode: str = "serve") -> list[str]:
     """The zygote's bubblewrap sandbox: a kernel's, with the batch's folders read-write (each fork
     hides them) and the host's /proc; its cwd is the kernels' working folder, where each fork
-    mounts its own. CAP_SYS_ADMIN for the forks' namespaces and mounts, CAP_SETPCAP for them to
-    empty their bounding set (bubblewrap gives an ordinary user only what is asked for). join:
+    mounts its own. CAP_SYS_ADMIN for the forks' namespaces and mounts, CAP_NET_ADMIN to bring up
+    their loopback, CAP_SETPCAP to empty their bounding set (bubblewrap gives an ordinary user only
+    the capabilities asked for; root gets them all). join:
     file descriptors of a test cgroup's cgroup.procs files, passed on to the zygote's test fork.
     mode "check": only the test fork, without the imports."""
     etc = sbx._write_etc(folder, sbx.WORKDIR)
@@ -107,7 +108,8 @@ def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: d
                            limits.run_mb, binds=binds, writable=writable)
     where = [str(folder / "zygote.sock")] if mode == "serve" else []
     joined = ["--join", ",".join(map(str, join))] if join else []
-    return [*args, "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--", sys.executable,
+    caps_added = [x for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP") for x in ("--cap-add", cap)]
+    return [*args, *caps_added, "--", sys.executable,
             f"{INSIDE}/zygote.py", mode, *where, *joined, *roots]
 
 

@@ -35,8 +35,8 @@ bubblewrap sandbox (grader/sandbox.py).
 This file is standalone on purpose: the zygote runs it inside the sandbox (bound read-only)
 and the client runs it with `python -I -S`: the standard library only at module level.
 
-    python zygote.py serve SOCKET [--join FD,...] ROOT...   the zygote (inside bwrap, with CAP_SYS_ADMIN
-                                                           and CAP_SETPCAP); FD: test cgroup.procs files
+    python zygote.py serve SOCKET [--join FD,...] ROOT...   the zygote (inside bwrap, with CAP_SYS_ADMIN,
+                                                           CAP_NET_ADMIN, CAP_SETPCAP); FD: test cgroup.procs
     python zygote.py check [--join FD,...] ROOT...          the test fork alone, without the imports
     python zygote.py client SOCKET REQUEST -- ARG...        one kernel (host side; ARG: ipykernel's)
 """
@@ -198,9 +198,9 @@ def serve(path: str, roots: list[str], join: list[int]) -> None:
 
 
 def _self_test(roots: list[str], join: list[int], fresh: bool = True) -> str:
-    """'' if a fork can join a cgroup (through the cgroup.procs files open as `join`), take the
-    namespaces, the mounts, a fresh /proc, drop its capabilities and (fresh) reseed as a kernel
-    does, else why not."""
+    """'' if a fork can do what a kernel's does (_first, _init, _kernel): join a cgroup (through the
+    cgroup.procs files open as `join`), take the namespaces, bring up loopback, make the mounts and
+    a fresh /proc, drop its capabilities and (fresh) reseed, else why not."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -214,6 +214,7 @@ def _self_test(roots: list[str], join: list[int], fresh: bool = True) -> str:
                     raise OSError(exc.errno, f"joining a cgroup: {exc.strerror}") from None
             seen = [p for p in sys.path if p and os.path.exists(p)]
             _unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+            _loopback_up()
             _confine_files({"writable": [], "readable": [], "files": {}, "tmp_bytes": 1 << 20,
                             "cwd": os.getcwd(), "run_bytes": 1 << 20, "run_inodes": 64}, roots)
             gone = [p for p in seen if not os.path.exists(p)]
