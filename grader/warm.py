@@ -97,9 +97,9 @@ def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: d
     hides them) and the host's /proc; its cwd is the kernels' working folder, where each fork
     mounts its own. CAP_SYS_ADMIN for the forks' namespaces and mounts, CAP_NET_ADMIN to bring up
     their loopback, CAP_SETPCAP to empty their bounding set (bubblewrap gives an ordinary user only
-    the capabilities asked for; root gets them all). join:
-    file descriptors of a test cgroup's cgroup.procs files, passed on to the zygote's test fork.
-    mode "check": only the test fork, without the imports."""
+    the capabilities asked for; root gets them all). join: file descriptors of a test cgroup's
+    cgroup.procs files, passed on to the zygote's test fork. mode "check": only the test fork,
+    without the imports."""
     etc = sbx._write_etc(folder, sbx.WORKDIR)
     binds = {str(Path(h).resolve()): str(i) for h, i in binds.items()} | {
         str(SCRIPT): f"{INSIDE}/zygote.py", str(HERE / "kernel_boot.py"): BOOT}
@@ -109,8 +109,7 @@ def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: d
     where = [str(folder / "zygote.sock")] if mode == "serve" else []
     joined = ["--join", ",".join(map(str, join))] if join else []
     caps_added = [x for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP") for x in ("--cap-add", cap)]
-    return [*args, *caps_added, "--", sys.executable,
-            f"{INSIDE}/zygote.py", mode, *where, *joined, *roots]
+    return [*args, *caps_added, "--", sys.executable, f"{INSIDE}/zygote.py", mode, *where, *joined, *roots]
 
 
 @contextlib.contextmanager
