@@ -53,7 +53,8 @@ def _why_not() -> str:
     return ""
 
 
-pytestmark = pytest.mark.skipif(bool(_why_not()), reason=_why_not())
+pytestmark = [pytest.mark.skipif(bool(_why_not()), reason=_why_not()),
+              pytest.mark.slow]  # ~1 min: `make test-quick` leaves it out
 
 # Root's side, before becoming the user: argv: UID GID HOME PROCS_JSON WAYS_JSON NAME -- COMMAND...
 LAUNCH = r"""
