@@ -1,4 +1,4 @@
-"""Command line of the kit: python -m grader {demo,student,record,check-sync,grade,export}."""
+"""Command line of the kit: python -m grader {demo,student,record,check-sync,grade,export,doctor}."""
 from __future__ import annotations
 
 import argparse
@@ -103,6 +103,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    """What grading will look like on this machine; 1 if it would be refused."""
+    from . import doctor
+
+    return doctor.main()
+
+
 def add_grade_parser(sub) -> None:
     course = load()
     p = sub.add_parser("grade", help="autograde a folder or zip of submissions into grades.csv, feedback "
@@ -149,9 +156,12 @@ def main(argv=None) -> int:
                                            "results.csv, summary.md and scores.png from the batch's gradebook")
     export.add_argument("--out", type=Path, default=ROOT / ".grading" / "batch",
                         help="the output folder of `grade` (default .grading/batch)")
+    sub.add_parser("doctor", help="what grading will look like on this machine: each protection on or off, warm "
+                                  "or cold kernels, the command that fixes each missing piece; exit 1 if grading "
+                                  "would be refused")
     args = parser.parse_args(argv)
-    return {"demo": cmd_demo, "student": cmd_student, "record": cmd_record,
-            "check-sync": cmd_check_sync, "grade": cmd_grade, "export": cmd_export}[args.command](args)
+    return {"demo": cmd_demo, "student": cmd_student, "record": cmd_record, "check-sync": cmd_check_sync,
+            "grade": cmd_grade, "export": cmd_export, "doctor": cmd_doctor}[args.command](args)
 
 
 if __name__ == "__main__":

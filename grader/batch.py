@@ -68,6 +68,7 @@ class Settings:
     workers: int
     threads: int                           # per kernel, so that the workers share the CPUs
     protections_off: tuple[str, ...] = ()  # what the sandbox cannot do on this machine (allowed)
+    caps: object = None                    # the machine's sandbox.Capabilities, as checked
 
     def after_reference(self, course: Course, opts: Options, seconds: float) -> "Settings":
         """The per-notebook limit, unless given: a multiple of the reference run's time, within
@@ -86,21 +87,26 @@ class Settings:
             raise SystemExit("--n-images must be at least 2: CRAFT's NMF needs at least as many crops "
                              "(9 per image) as concepts (10)")
         workers = opts.workers or os.cpu_count() or 1
+        from . import sandbox
+
+        caps = sandbox.probe()
         return cls(n_images, opts.cell_timeout_s or course.batch_cell_timeout_s,
                    opts.notebook_timeout_s or course.notebook_timeout_s, workers,
-                   max(1, (os.cpu_count() or 1) // workers), sandbox_check(opts.allow_unsafe))
+                   max(1, (os.cpu_count() or 1) // workers), sandbox_check(opts.allow_unsafe, caps), caps)
 
 
-def sandbox_check(allow_unsafe: bool) -> tuple[str, ...]:
-    """What the sandbox cannot do here. Refuses to grade (SystemExit, saying what to install)
-    unless the TA allowed it explicitly; then returns the protections that are off."""
+def sandbox_check(allow_unsafe: bool, caps=None) -> tuple[str, ...]:
+    """What the sandbox cannot do here (`caps`, else probed). Refuses to grade (SystemExit,
+    saying what is off and the command that fixes each) unless the TA allowed it explicitly;
+    then returns the protections that are off."""
     from . import sandbox
 
-    off = tuple(sandbox.probe().missing())
+    off = tuple((caps or sandbox.probe()).missing())
     if off and not allow_unsafe:
         raise SystemExit("Refusing to grade: this machine cannot confine the students' code:\n  - "
-                         + "\n  - ".join(off) + "\nInstall or enable what is missing (see grader/README-TA.md, "
-                         "threat model), or grade anyway with --allow-unsafe, knowing what is off.")
+                         + "\n  - ".join(off) + "\nFix what is missing (`python -m grader doctor` says the same "
+                         "for this machine; grader/README-TA.md, *Grading as an ordinary user*), or grade "
+                         "submissions you trust with --allow-unsafe, knowing what is off.")
     return off
 
 
@@ -401,6 +407,33 @@ def unsafe_lines(settings: Settings) -> list[str]:
             *[f"- {line}" for line in settings.protections_off]]
 
 
+GRADED_WITH = "## How this batch was graded"
+
+
+def cold_reason(opts: Options, settings: Settings) -> str:
+    """Why the batch's kernels are cold, in words."""
+    if not opts.warm:
+        return "--cold-kernels"
+    if settings.protections_off:
+        return "warm kernels need every protection on"
+    from . import sandbox
+
+    caps = settings.caps or sandbox.probe()
+    return warm.unavailable(caps) or "the warm-kernel process did not start (see work/zygote.log)"
+
+
+def graded_with(settings: Settings, opts: Options, warm_used: bool) -> str:
+    """One line: the protections and the kind of kernels this batch used."""
+    from . import doctor, sandbox
+
+    caps = settings.caps or sandbox.probe()
+    return "Graded with: " + doctor.statement(caps, warm_used, "" if warm_used else cold_reason(opts, settings))
+
+
+def graded_with_lines(line: str) -> list[str]:
+    return ["", GRADED_WITH, "", line]
+
+
 def report_phase(course: Course, folders: Folders, results: list[GradingResult], tests, max_tests,
                  extra: list[str] = (), manual: dict[str, float] | None = None):
     """grades.csv, results.csv, summary.md, scores.png, all read from the main gradebook (so a
@@ -427,12 +460,15 @@ PROTECTIONS_OFF = "## Protections that were OFF"
 
 
 def _kept_summary_lines(summary: Path) -> list[str]:
-    """The section of an earlier summary.md that only the grading run knows (protections off)."""
+    """The sections of an earlier summary.md that only the grading run knows (how it was graded,
+    the protections that were off)."""
     text = summary.read_text(encoding="utf-8") if summary.exists() else ""
-    if PROTECTIONS_OFF not in text:
-        return []
-    section = text[text.index(PROTECTIONS_OFF):].split("\n## ")[0]
-    return ["", *section.rstrip("\n").splitlines()]
+    kept = []
+    for heading in (GRADED_WITH, PROTECTIONS_OFF):
+        if heading in text:
+            section = text[text.index(heading):].split("\n## ")[0]
+            kept += ["", *section.rstrip("\n").splitlines()]
+    return kept
 
 
 def export(course: Course, out: Path, echo=print) -> tuple[report.Points, list[str], report.Waiting]:
@@ -475,13 +511,19 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
         if todo:
             _, seconds = reference_phase(course, opts, settings, folders, echo, zygote)
             settings = settings.after_reference(course, opts, seconds)
+            used = graded_with(settings, opts, zygote is not None)
         echo(f"Grading {len(todo)} submissions with {settings.workers} worker(s), "
              f"{'online' if opts.online else 'offline'}, {settings.n_images} images, limits "
              f"{settings.cell_timeout_s} s per cell and {settings.notebook_timeout_s} s per notebook")
+        if todo:
+            echo(used)
         merger.started = time.monotonic()
         grade_phase(course, opts, settings, todo, merger, zygote)
     results = list({**kept, **merger.results}.values())
-    points, tables, waiting = report_phase(course, folders, results, tests, max_tests, unsafe_lines(settings), manual)
+    # what this run graded with; with nothing graded now, what the earlier run said
+    extra = graded_with_lines(used) + unsafe_lines(settings) if todo else \
+        _kept_summary_lines(folders.out / "summary.md")
+    points, tables, waiting = report_phase(course, folders, results, tests, max_tests, extra, manual)
     seconds = time.monotonic() - started
     counts = ", ".join(f"{sum(1 for r in results if r.status == s)} {s}" for s in STATUSES)
     echo("\n" + tables[0] + "\n\n" + tables[1])

@@ -21,9 +21,11 @@ What each protection relies on:
   (`--clearenv`): nothing of the grader's (secrets, JPY_PARENT_PID). When the grader is root,
   uid 65534 inside is root's uid on the host (bwrap maps it so): it can read root-only files
   among what it sees, hence so little of /etc.
-- memory and process count (a cgroup per sandbox: v1 or v2 as root, or a systemd scope for a
-  user with delegation): everything the kernel starts is inside it, and so are the pages of
-  its tmpfs folders and the kernel memory of their files. Without a cgroup, the memory falls
+- memory and process count (a cgroup per sandbox): v1 or v2, made as root or, for an ordinary
+  user, inside a cgroup subtree delegated to them (by systemd: `systemd-run --user --scope -p
+  Delegate=yes`, or by root: a folder chowned to them holding their shell); else a systemd
+  scope per kernel (`systemd-run --user --scope`). Everything the kernel starts is inside it,
+  and so are the pages of its tmpfs folders and the kernel memory of their files. Without a cgroup, the memory falls
   back to an address-space cap per process (RLIMIT_AS, generous: TensorFlow needs more than
   4 GiB of address space to import), and the process count to RLIMIT_NPROC set inside the
   sandbox's user namespace, where Linux >= 5.14 counts only that sandbox's processes (it never
@@ -37,13 +39,14 @@ What each protection relies on:
   another process once the one holding the Sandbox is gone (SIGKILL at a time limit).
 
 A machine without some of these makes Sandbox() raise SandboxUnavailable, which says what is
-missing and what to install, unless the caller passes allow_unsafe=True: then what is
+missing and the command that brings it (Capabilities.gaps), unless the caller passes allow_unsafe=True: then what is
 available is applied and `Sandbox.off` lists, in plain words, the protections that are off.
 Without bubblewrap there is no private working folder: the kernel works in run_dir, a host
 folder, where the helper files are copied.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -143,6 +146,42 @@ class Limits:
 
 # ----------------------------------------------------------------------------- what the machine offers
 
+NEED = frozenset({"memory", "pids"})     # the cgroup controllers a sandbox uses
+# cgroup v2 hands controllers only to the children of a cgroup without processes: in a subtree
+# delegated to an ordinary user, the grader first moves the subtree's processes into this child.
+V2_LEAF = "craft-lab-grader"
+# The commands a TA's root runs to delegate a cgroup subtree to them (run from the shell they
+# will grade in: $$ is that shell; it holds again until the next reboot).
+V1_DELEGATE = ("for c in memory pids; do d=/sys/fs/cgroup/$c/craft-lab-$(id -un); sudo mkdir -p $d && "
+               "sudo chown $(id -un) $d $d/cgroup.procs $d/tasks && echo $$ | sudo tee $d/cgroup.procs >/dev/null; done")
+V2_DELEGATE = ("d=/sys/fs/cgroup/craft-lab-$(id -un); sudo mkdir -p $d && sudo chown $(id -un) $d $d/cgroup.procs "
+               "$d/cgroup.subtree_control $d/cgroup.threads && echo $$ | sudo tee $d/cgroup.procs >/dev/null")
+SYSTEMD_DELEGATE = "systemd-run --user --scope -p Delegate=yes bash"
+APPARMOR_FILE = "/etc/apparmor.d/bwrap"
+
+
+def apparmor_command(bwrap: str = "/usr/bin/bwrap") -> str:
+    """One shell command that gives bubblewrap an AppArmor profile allowing user namespaces (and
+    nothing else: bwrap stays unconfined), for systems that restrict them (Ubuntu 24.04, Debian 13)."""
+    lines = ["abi <abi/4.0>,", "include <tunables/global>", f"profile bwrap {bwrap} flags=(unconfined) {{",
+             "  userns,", "  include if exists <local/bwrap>", "}"]
+    quoted = " ".join(f"'{line}'" for line in lines)
+    return (f"printf '%s\\n' {quoted} | sudo tee {APPARMOR_FILE} >/dev/null && "
+            f"sudo apparmor_parser -r {APPARMOR_FILE}")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A protection that is off on this machine: one sentence for what it costs, and one for what
+    brings it back, ending with the command (empty when the gap follows from another one)."""
+
+    what: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return self.what + (f" Fix: {self.fix}" if self.fix else "")
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What this machine offers, as found by probe()."""
@@ -150,85 +189,179 @@ class Capabilities:
     bwrap: str | None            # path of bubblewrap, None if not installed
     namespaces: bool             # a bwrap sandbox (user+pid+net+mount namespaces) really starts
     namespaces_error: str        # why not, if not
-    cgroup: str | None           # "v1", "v2" (as root), "systemd" (a scope), or None
+    cgroup: str | None           # "v1", "v2" (a folder this process may make cgroups in), "systemd" (a scope per kernel), or None
     cgroup_error: str            # why none, if none
     root: bool                   # the grader runs as root
-    userns_restricted: bool      # Ubuntu's AppArmor restriction on user namespaces is on
+    userns_restricted: bool      # the AppArmor restriction on user namespaces is on (Ubuntu 24.04, Debian 13)
     system: str                  # platform.system()
     kernel: tuple[int, int]      # Linux version (major, minor)
+    hierarchy: str = ""          # the cgroup filesystem: "v1" (memory and pids mounted apart), "v2", "" (none)
+    cgroup_where: str = ""       # the folders the sandboxes' cgroups go in (v1, v2)
+    userns_sysctl: str = ""      # the sysctl that turns user namespaces off here, if one does
+    distro: tuple[str, ...] = ()  # /etc/os-release's ID then ID_LIKE ("ubuntu", "debian")
+    os_name: str = ""            # /etc/os-release's PRETTY_NAME, or the system's name
+    container: bool = False      # inside a container (docker, podman)
+    systemd_run: bool = False    # systemd-run is installed
 
     @property
     def process_limit(self) -> bool:
         """A limit on processes per sandbox exists (a cgroup, or RLIMIT_NPROC in a user namespace)."""
         return bool(self.cgroup) or (self.namespaces and not self.root and self.kernel >= (5, 14))
 
+    @property
+    def cgroup_text(self) -> str:
+        """The cgroup mechanism in words ('' if none)."""
+        if self.cgroup in ("v1", "v2"):
+            return f"cgroup {self.cgroup}, " + ("as root" if self.root else "a subtree delegated to you")
+        return "a systemd scope per kernel (cgroup v2)" if self.cgroup == "systemd" else ""
+
+    def protections(self) -> list[tuple[str, bool, str]]:
+        """(protection, on, by what or what is left) for each thing a kernel's sandbox does."""
+        memory_left = "an address-space cap per process only (RLIMIT_AS)" if self.system == "Linux" else "none"
+        return [
+            ("isolation", self.namespaces, "bubblewrap: own user, pid, network, mount, ipc and uts namespaces"
+             if self.namespaces else "none: the kernel runs as you, with your files and your network"),
+            ("memory limit", bool(self.cgroup), self.cgroup_text or memory_left),
+            ("process limit", self.process_limit, self.cgroup_text or (
+                "RLIMIT_NPROC in the sandbox's user namespace" if self.process_limit else "none")),
+            ("CPU time and file size limits", True, "rlimits"),
+        ]
+
     def missing(self) -> list[str]:
-        """Each protection that is off here, in plain words, with what to install or enable."""
+        """Each protection that is off here, in plain words, with what brings it back."""
+        return [str(gap) for gap in self.gaps()]
+
+    def gaps(self) -> list[Gap]:
+        """Each protection that is off here, with its fix."""
         out = []
         if not self.namespaces:
-            out.append("no isolation (network, files, user, processes): the kernel would run as "
-                       f"{'root' if self.root else 'you'}, with your files and your network; "
-                       + self._isolation_advice())
-            out.append("no private working folder: the kernel works in a host folder (the submission's "
-                       "run folder), and what it writes there (any number of files, each up to "
-                       "file_mb) stays on disk after grading")
+            out.append(Gap("no isolation (network, files, user, processes): the kernel would run as "
+                           f"{'root' if self.root else 'you'}, with your files and your network "
+                           f"({self.namespaces_error}).", self.isolation_fix()))
+            out.append(Gap("no private working folder: the kernel works in a host folder (the submission's "
+                           "run folder), and what it writes there (any number of files, each up to "
+                           "file_mb) stays on disk after grading."))
         if not self.cgroup:
-            out.append("no real memory limit: only an address-space cap per process (RLIMIT_AS), "
-                       "which several processes together can exceed"
-                       + (" and which macOS does not enforce" if self.system == "Darwin" else "")
-                       + f" ({self.cgroup_error}); " + self._cgroup_advice())
+            out.append(Gap("no real memory limit: only an address-space cap per process (RLIMIT_AS), which "
+                           "several processes together can exceed"
+                           + (" and which macOS does not enforce" if self.system == "Darwin" else "")
+                           + f" ({self.cgroup_error}).", self.cgroup_fix()))
         if not self.process_limit:
             why = ("RLIMIT_NPROC never applies to root" if self.root and self.namespaces else
                    "without a user namespace RLIMIT_NPROC would count all your own processes"
                    if not self.namespaces else "Linux older than 5.14 counts RLIMIT_NPROC per user")
-            out.append(f"no limit on the number of processes ({why}); " + self._cgroup_advice())
+            out.append(Gap(f"no limit on the number of processes ({why}).",
+                           "the memory limit's fix brings it too." if self.system == "Linux" else ""))
         if not self.namespaces and not self.cgroup:
-            out.append("processes the submission detaches (setsid, double fork) can outlive "
-                       "the grading: there is neither a pid namespace nor a cgroup to find them")
+            out.append(Gap("processes the submission detaches (setsid, double fork) can outlive the grading: "
+                           "there is neither a pid namespace nor a cgroup to find them."))
         return out
 
-    def _isolation_advice(self) -> str:
+    def isolation_fix(self) -> str:
+        """What makes bubblewrap work here: one sentence ending with the command."""
         if self.system != "Linux":
-            return (f"bubblewrap needs Linux ({self.system} has no such namespaces): grade in a "
-                    "Linux machine, VM or container")
+            return (f"none on {self.os_name or self.system}: bubblewrap needs Linux (its namespaces); grade on a "
+                    "Linux machine or in a Linux VM.")
         if not self.bwrap:
-            return ("install bubblewrap: `sudo apt-get install bubblewrap` (Debian/Ubuntu), "
-                    "`sudo dnf install bubblewrap` (Fedora)")
-        advice = f"bubblewrap is installed but cannot start a sandbox here ({self.namespaces_error})"
+            return f"install bubblewrap: `{self.install_command()}`."
         if self.userns_restricted and not self.root:
-            return advice + (
-                ". Ubuntu 23.10+ (AppArmor) forbids user namespaces to programs without a profile "
-                "allowing them, Ubuntu's own /usr/bin/bwrap included: either run the grader as "
-                "root (sudo), or `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` "
-                "(to keep it, a file in /etc/sysctl.d/), or load an AppArmor profile for "
-                "/usr/bin/bwrap with the `userns,` rule")
-        return advice + (". Check that user namespaces are enabled (sysctl user.max_user_namespaces "
-                         "> 0; kernel.unprivileged_userns_clone=1 on old Debian kernels); in a "
-                         "Docker container, grade on the host instead")
+            return ("this system lets only programs with an AppArmor profile create user namespaces (Ubuntu "
+                    f"24.04 and later, Debian 13): give bubblewrap one: `{apparmor_command(self.bwrap)}`.")
+        if self.userns_sysctl:
+            name, value = self.userns_sysctl, "1" if self.userns_sysctl.startswith("kernel.") else "10000"
+            conf = "/etc/sysctl.d/90-user-namespaces.conf"
+            return (f"user namespaces are turned off ({name}=0): `echo {name}={value} | sudo tee {conf} "
+                    f">/dev/null && sudo sysctl -p {conf}`.")
+        if self.container:
+            return "containers usually forbid the namespaces bubblewrap needs: grade on the host or in a VM."
+        return (f"bubblewrap must be able to make user namespaces here: `{self.bwrap} --unshare-all --ro-bind / / "
+                "true` must succeed (ask your administrator).")
 
-    def _cgroup_advice(self) -> str:
+    def cgroup_fix(self) -> str:
+        """What gives the grader a cgroup here: one sentence ending with the command."""
         if self.system != "Linux":
-            return "cgroups need Linux"
+            return f"none on {self.os_name or self.system}: cgroups are Linux's; grade on Linux for memory limits."
         if self.root:
-            return "as root this needs a writable cgroup v1 memory+pids hierarchy or cgroup v2 " \
-                   "with memory and pids in /sys/fs/cgroup/cgroup.subtree_control"
-        return ("run the grader as root (sudo), or use a systemd user session with memory and pids "
-                "delegated: `systemd-run --user --scope -p MemoryMax=1G -p TasksMax=64 true` must work")
+            if self.hierarchy == "v2":
+                return ("let cgroups hand memory and pids to their children: "
+                        "`echo '+memory +pids' > /sys/fs/cgroup/cgroup.subtree_control`.")
+            if self.container:
+                return "this container's cgroups are read-only: grade on the host, or give the container its own."
+            return "mount the memory and pids cgroup controllers (cgroup v2 does both) under /sys/fs/cgroup."
+        if self.hierarchy == "v2" and self.systemd_run:
+            session = (" from a login of your own (a desktop or ssh session: su and sudo have no systemd user "
+                       "manager)" if "bus" in self.cgroup_error.lower() else "")
+            return (f"start a shell in a systemd scope delegated to you{session}, and grade from it: "
+                    f"`{SYSTEMD_DELEGATE}`.")
+        if self.hierarchy == "v2":
+            return ("root delegates a cgroup to you and moves your shell into it (again after a reboot); run it "
+                    f"from the shell you will grade in: `{V2_DELEGATE}`.")
+        if self.hierarchy == "v1":
+            return ("root delegates a cgroup subtree to you and moves your shell into it (again after a reboot); "
+                    f"run it from the shell you will grade in: `{V1_DELEGATE}`.")
+        return "this system mounts no cgroup filesystem under /sys/fs/cgroup: grade on one that does."
+
+    def install_command(self) -> str:
+        """The command that installs bubblewrap on this distribution."""
+        ids = set(self.distro)
+        for family, command in ((("debian", "ubuntu"), "sudo apt-get install bubblewrap"),
+                                (("fedora", "rhel", "centos"), "sudo dnf install bubblewrap"),
+                                (("arch",), "sudo pacman -S bubblewrap"),
+                                (("suse", "opensuse"), "sudo zypper install bubblewrap")):
+            if ids & set(family):
+                return command
+        return "sudo apt-get install bubblewrap"
 
 
 def probe(bwrap: str | None = None) -> Capabilities:
-    """Find out what this machine offers; bwrap overrides which bubblewrap is tried."""
+    """Find out what this machine offers; bwrap overrides which bubblewrap is tried. A cgroup v2
+    subtree delegated to this user is made ready on the way (see _v2_parent)."""
     bwrap = bwrap or shutil.which("bwrap")
     system = platform.system()
     ns_error = _try_bwrap(bwrap) if bwrap and system == "Linux" else "bubblewrap is not installed"
-    cgroup, cg_error = _probe_cgroup() if system == "Linux" else (None, f"{system} has no cgroups")
+    cgroup, where, cg_error = _probe_cgroup() if system == "Linux" else (None, "", f"{system} has no cgroups")
     restrict = Path("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
     version = re.match(r"(\d+)\.(\d+)", platform.release())
+    release = _os_release()
     return Capabilities(
         bwrap=bwrap, namespaces=not ns_error, namespaces_error=ns_error,
         cgroup=cgroup, cgroup_error=cg_error, root=os.geteuid() == 0,
-        userns_restricted=restrict.exists() and restrict.read_text().strip() == "1",
-        system=system, kernel=(int(version[1]), int(version[2])) if system == "Linux" and version else (0, 0))
+        userns_restricted=_read(restrict) == "1",
+        system=system, kernel=(int(version[1]), int(version[2])) if system == "Linux" and version else (0, 0),
+        hierarchy=_hierarchy(), cgroup_where=where, userns_sysctl=_userns_sysctl(),
+        distro=tuple([release.get("ID", "")] + release.get("ID_LIKE", "").split()),
+        os_name=release.get("PRETTY_NAME") or ("macOS" if system == "Darwin" else system),
+        container=Path("/.dockerenv").exists() or Path("/run/.containerenv").exists(),
+        systemd_run=bool(shutil.which("systemd-run")))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _os_release() -> dict[str, str]:
+    found = {}
+    for line in _read(Path("/etc/os-release")).splitlines():
+        name, _, value = line.partition("=")
+        found[name.strip()] = value.strip().strip('"')
+    return found
+
+
+def _userns_sysctl() -> str:
+    """The sysctl that turns unprivileged user namespaces off here, if one does."""
+    for name in ("kernel.unprivileged_userns_clone", "user.max_user_namespaces"):
+        if _read(Path("/proc/sys") / name.replace(".", "/")) == "0":
+            return name
+    return ""
+
+
+def _hierarchy() -> str:
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return "v2"
+    return "v1" if all(os.path.ismount(CGROUP_ROOT / c) for c in NEED) else ""
 
 
 def _try_bwrap(bwrap: str) -> str:
@@ -245,19 +378,27 @@ def _try_bwrap(bwrap: str) -> str:
     return "" if done.returncode == 0 else (done.stderr.strip() or f"exit status {done.returncode}")
 
 
-def _probe_cgroup() -> tuple[str | None, str]:
-    """(kind, '') for the first cgroup mechanism that works here, else (None, why not)."""
+PROBE_LIMITS = Limits(memory_mb=256, max_processes=64, cpu_seconds=1, address_space_mb=1, tmp_mb=1, file_mb=1,
+                      run_mb=1, run_files=1)
+
+
+def _probe_cgroup() -> tuple[str | None, str, str]:
+    """(kind, where its cgroups go, '') for the first cgroup mechanism that works here, else
+    (None, '', why not). Each is tried for real: a cgroup made, limits written, removed."""
     errors = []
     for kind in ("v1", "v2"):
         try:
-            _Cgroup.create(kind, f"craft-sbx-probe-{secrets.token_hex(4)}", None).remove()
-            return kind, ""
+            group = _Cgroup.create(kind, f"craft-sbx-probe-{secrets.token_hex(4)}", PROBE_LIMITS)
         except OSError as exc:
             errors.append(f"cgroup {kind}: {exc.strerror or exc}")
+            continue
+        where = ", ".join(str(folder.parent) for folder in group.dirs)
+        group.remove()
+        return kind, where, ""
     why = _try_systemd()
     if not why:
-        return "systemd", ""
-    return None, "; ".join(errors + [why])
+        return "systemd", "", ""
+    return None, "", "; ".join(errors + [why])
 
 
 def _try_systemd() -> str:
@@ -285,12 +426,78 @@ def _systemd_prefix(unit: str, memory_mb: int, tasks: int) -> list[str]:
 # ----------------------------------------------------------------------------- cgroups
 
 def _own_cgroup(controller: str) -> str:
-    """This process's cgroup in the hierarchy of a cgroup v1 controller."""
+    """This process's cgroup in the hierarchy of a cgroup v1 controller ("" for cgroup v2's)."""
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, names, path = line.split(":", 2)
-        if controller in names.split(","):
+        if controller in names.split(",") or (not controller and not names):
             return path
     return "/"
+
+
+def _v2_parent() -> Path:
+    """The cgroup v2 folder this process makes sandbox cgroups in. As root: the root of the
+    hierarchy. Otherwise its own cgroup (the one above V2_LEAF once the grader moved there), if it
+    was delegated to this user: by systemd (`systemd-run --user --scope -p Delegate=yes`) or by
+    root (a folder chowned to the user). The first call makes it ready: the subtree's processes
+    move into V2_LEAF, and memory and pids are enabled for its children. OSError if not possible."""
+    if not (CGROUP_ROOT / "cgroup.controllers").exists():
+        raise OSError(errno.ENOENT, f"no cgroup v2 hierarchy at {CGROUP_ROOT}")
+    if os.geteuid() == 0:
+        if not NEED <= set((CGROUP_ROOT / "cgroup.subtree_control").read_text().split()):
+            raise OSError(0, f"memory and pids are not enabled in {CGROUP_ROOT}/cgroup.subtree_control")
+        return CGROUP_ROOT
+    own = CGROUP_ROOT / _own_cgroup("").lstrip("/")
+    top = own.parent if own.name == V2_LEAF else own
+    why = _not_delegated(top)
+    if why:
+        raise OSError(errno.EACCES, why)
+    control = top / "cgroup.subtree_control"
+    if not NEED <= set(control.read_text().split()):
+        leaf = top / V2_LEAF
+        leaf.mkdir(exist_ok=True)
+        for pid in (top / "cgroup.procs").read_text().split():
+            try:
+                (leaf / "cgroup.procs").write_text(pid)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
+        control.write_text(" ".join(f"+{name}" for name in sorted(NEED)))
+    return top
+
+
+def _not_delegated(top: Path) -> str:
+    """'' if the cgroup v2 folder `top` is delegated to this user with memory and pids, else why not."""
+    if top == CGROUP_ROOT:
+        return "your cgroup is the root of the hierarchy, which only root may change"
+    owner = top.stat().st_uid
+    if owner != os.geteuid():
+        return f"your cgroup {top} belongs to uid {owner}: it was not delegated to you"
+    for name in ("cgroup.procs", "cgroup.subtree_control"):
+        if not os.access(top / name, os.W_OK):
+            return f"{top / name} is not writable by you: the cgroup was not delegated to you"
+    lacking = NEED - set((top / "cgroup.controllers").read_text().split())
+    if lacking:
+        return f"your cgroup {top} was not given the {' and '.join(sorted(lacking))} controller(s)"
+    unit = next((p for p in [top, *top.parents] if p.name.endswith((".scope", ".service"))), None)
+    if unit is not None and not _systemd_delegated(unit):
+        return (f"your cgroup is inside systemd's {unit.name}, which systemd manages (not started with "
+                "Delegate=yes)")
+    return ""
+
+
+def _systemd_delegated(unit: Path) -> bool:
+    """The systemd unit whose cgroup is `unit` was delegated (Delegate=yes)."""
+    for attribute in ("user.delegate", "trusted.delegate"):  # set by systemd 251 and later
+        try:
+            if os.getxattr(unit, attribute) == b"1":
+                return True
+        except OSError:
+            pass
+    try:
+        shown = subprocess.run(["systemctl", "--user", "show", "-p", "Delegate", "--value", unit.name],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return shown == "yes"
 
 
 class _Cgroup:
@@ -301,7 +508,7 @@ class _Cgroup:
 
     @classmethod
     def create(cls, kind: str, name: str, limits: Limits | None) -> _Cgroup:
-        """Make it (nested in this process's own cgroup for v1) and write the limits."""
+        """Make it (v1: nested in this process's own cgroups; v2: see _v2_parent) and write the limits."""
         return cls.make(cls.plan(kind, name, limits))
 
     @staticmethod
@@ -313,10 +520,7 @@ class _Cgroup:
                                                      "memory.memsw.limit_in_bytes": limits.memory_mb * MB},
                 "pids": {} if limits is None else {"pids.max": limits.max_processes}}
             return {CGROUP_ROOT / c / _own_cgroup(c).lstrip("/") / name: s for c, s in settings.items()}
-        enabled = (CGROUP_ROOT / "cgroup.subtree_control").read_text().split()
-        if not {"memory", "pids"} <= set(enabled):
-            raise OSError(0, f"memory and pids are not enabled in {CGROUP_ROOT}/cgroup.subtree_control")
-        return {CGROUP_ROOT / name: {} if limits is None else {
+        return {_v2_parent() / name: {} if limits is None else {
             "memory.max": limits.memory_mb * MB, "memory.swap.max": 0, "pids.max": limits.max_processes}}
 
     @classmethod

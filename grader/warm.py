@@ -3,9 +3,11 @@
     with warm.start(roots, env, binds, log, echo) as zygote:   # None: cold kernels (echo says why)
         ... workers get {ENV_VAR: zygote.folder} and pass Zygote.from_env() to Sandbox(zygote=...)
 
-A Sandbox uses the zygote only where it can confine a fork as well as a cold kernel (bwrap
-works, and a cgroup v1/v2 the grader writes, i.e. as root: see zygote.py); otherwise, and
-whenever the zygote cannot start, kernels start cold: slower, never less safe.
+A Sandbox uses the zygote only where it can confine a fork as well as a cold kernel: bwrap
+works, and the grader makes its cgroups itself (as root, or in a subtree delegated to its
+user: see zygote.py). Before serving, the zygote confines a test fork and has it join a test
+cgroup; otherwise, and whenever the zygote cannot start, kernels start cold: slower, never
+less safe. check() runs that test alone, in a second (`python -m grader doctor`).
 
 The zygote's folder (/tmp/craft-zyg-*) is removed when the block ends. If the batch process is
 killed instead (SIGKILL), bubblewrap's --die-with-parent ends the zygote and, with its pid
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -76,26 +79,82 @@ class Zygote:
 
 
 def unavailable(caps: sbx.Capabilities) -> str:
-    """'' if this machine can run warm kernels, else why not (in words)."""
+    """'' if this machine may run warm kernels (the zygote's test fork has the last word), else
+    why not, in words: one sentence, with the command that fixes it where there is one."""
     if not caps.namespaces:
         return "no bubblewrap sandbox here"
+    if caps.cgroup == "systemd":
+        return ("each kernel gets a systemd scope of its own, which a fork cannot join; grade from a shell in a "
+                f"scope delegated to you for warm kernels: `{sbx.SYSTEMD_DELEGATE}`")
     if caps.cgroup not in ("v1", "v2"):
-        return "warm kernels need a cgroup the grader can write (run it as root)"
+        return "no cgroup the grader may make here (as root, or in a subtree delegated to you)"
     return ""
 
 
-def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: dict, caps, limits) -> list[str]:
+def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: dict, caps, limits,
+             join: list[int] = (), mode: str = "serve") -> list[str]:
     """The zygote's bubblewrap sandbox: a kernel's, with the batch's folders read-write (each fork
     hides them) and the host's /proc; its cwd is the kernels' working folder, where each fork
-    mounts its own."""
+    mounts its own. CAP_SYS_ADMIN for the forks' namespaces and mounts, CAP_NET_ADMIN to bring up
+    their loopback, CAP_SETPCAP to empty their bounding set (bubblewrap gives an ordinary user only
+    the capabilities asked for; root gets them all). join: file descriptors of a test cgroup's
+    cgroup.procs files, passed on to the zygote's test fork. mode "check": only the test fork,
+    without the imports."""
     etc = sbx._write_etc(folder, sbx.WORKDIR)
     binds = {str(Path(h).resolve()): str(i) for h, i in binds.items()} | {
         str(SCRIPT): f"{INSIDE}/zygote.py", str(HERE / "kernel_boot.py"): BOOT}
     writable = {r: r for r in roots} | {"/proc": HOSTPROC}
     args = sbx._bwrap_args(caps.bwrap, etc, sbx.kernel_env(sbx.WORKDIR, True, env), limits.tmp_mb,
                            limits.run_mb, binds=binds, writable=writable)
-    return [*args, "--cap-add", "CAP_SYS_ADMIN", "--", sys.executable, f"{INSIDE}/zygote.py",
-            "serve", str(folder / "zygote.sock"), *roots]
+    where = [str(folder / "zygote.sock")] if mode == "serve" else []
+    joined = ["--join", ",".join(map(str, join))] if join else []
+    caps_added = [x for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP") for x in ("--cap-add", cap)]
+    return [*args, *caps_added, "--", sys.executable, f"{INSIDE}/zygote.py", mode, *where, *joined, *roots]
+
+
+@contextlib.contextmanager
+def _test_cgroup(caps: sbx.Capabilities):
+    """A cgroup of the sandboxes' kind for the zygote's test fork to join: the cgroup.procs files,
+    open for writing (empty if it cannot be made: the test then tells). Removed after the block."""
+    try:
+        group = sbx._Cgroup.create(caps.cgroup, f"craft-sbx-probe-{secrets.token_hex(4)}", None)
+    except OSError:
+        yield []
+        return
+    fds = []
+    try:
+        fds = [os.open(file, os.O_WRONLY) for file in group.procs_files]
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+        group.kill()
+        try:
+            group.remove()
+        except OSError:
+            pass
+
+
+def check(caps: sbx.Capabilities | None = None) -> str:
+    """'' if warm kernels work here, else why not: the zygote's test fork alone (no imports, about a
+    second), in the zygote's own sandbox, joining a test cgroup."""
+    caps = caps or sbx.probe()
+    why = unavailable(caps)
+    if why:
+        return why
+    folder = Path(tempfile.mkdtemp(prefix="craft-zygcheck-"))
+    try:
+        with _test_cgroup(caps) as fds:
+            argv = _command(folder, (str(folder),), {}, {}, caps, sbx.Limits.load(), fds, mode="check")
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=60, pass_fds=fds)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return f"the test fork did not run ({type(exc).__name__}: {exc})"
+    finally:
+        sbx._remove_tree(folder)
+    said = (done.stdout + done.stderr).strip().splitlines()
+    return "" if done.returncode == 0 else "a confined fork failed here: " + (said[-1] if said else
+                                                                            f"exit status {done.returncode}")
 
 
 @contextlib.contextmanager
@@ -116,11 +175,11 @@ def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo):
     zygote = Zygote(folder, all_roots)
     proc = None
     try:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(_command(folder, all_roots, env, binds, caps, sbx.Limits.load()),
+        with _test_cgroup(caps) as fds, open(log, "ab") as out:
+            proc = subprocess.Popen(_command(folder, all_roots, env, binds, caps, sbx.Limits.load(), fds),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        waited = _wait_ready(proc, zygote, log, echo)
+                                    start_new_session=True, pass_fds=fds)
+            waited = _wait_ready(proc, zygote, log, echo)  # its test fork has left the test cgroup by then
         if waited is None:
             yield None
             return

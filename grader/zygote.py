@@ -25,15 +25,20 @@ sees only its own processes (own /proc), its own folders, its own /tmp and worki
 (nothing of either is on the host, and both are gone with the kernel), no network at all
 (not even loopback), and holds no capability with which to undo the mounts. The limits come
 from the submission's cgroup, which C joins by writing 0 into the cgroup.procs files the
-client opened (memory and pids are charged to the submission from then on). A warm kernel
-therefore needs a cgroup v1 or v2 hierarchy the grader can write (root); elsewhere the
-grader starts cold kernels, each in its own bubblewrap sandbox (grader/sandbox.py).
+client opened (memory and pids are charged to the submission from then on; Linux checks the
+right to move with the credentials of whoever opened the file). A warm kernel therefore needs
+cgroups the grader makes itself: as root, or in a subtree delegated to its user. Before it
+serves, the zygote tries all of it in a test fork, joining a test cgroup the grader opened for
+it (--join); if anything fails it exits, and the grader starts cold kernels, each in its own
+bubblewrap sandbox (grader/sandbox.py).
 
 This file is standalone on purpose: the zygote runs it inside the sandbox (bound read-only)
 and the client runs it with `python -I -S`: the standard library only at module level.
 
-    python zygote.py serve SOCKET ROOT...         the zygote (inside bwrap, with CAP_SYS_ADMIN)
-    python zygote.py client SOCKET REQUEST -- ARG...   one kernel (host side; ARG: ipykernel's)
+    python zygote.py serve SOCKET [--join FD,...] ROOT...   the zygote (inside bwrap, with CAP_SYS_ADMIN,
+                                                           CAP_NET_ADMIN, CAP_SETPCAP); FD: test cgroup.procs
+    python zygote.py check [--join FD,...] ROOT...          the test fork alone, without the imports
+    python zygote.py client SOCKET REQUEST -- ARG...        one kernel (host side; ARG: ipykernel's)
 """
 from __future__ import annotations
 
@@ -139,8 +144,9 @@ def receive(sock: socket.socket) -> tuple[dict, list[int]]:
 
 # ----------------------------------------------------------------------------- zygote (in the sandbox)
 
-def serve(path: str, roots: list[str]) -> None:
-    """Import once, then fork one confined kernel per request, for ever (the batch ends it)."""
+def serve(path: str, roots: list[str], join: list[int]) -> None:
+    """Import once, then fork one confined kernel per request, for ever (the batch ends it).
+    join: open cgroup.procs files of a test cgroup, for the test fork."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the lab's set-up cell does before importing
     os.environ.setdefault("MPLBACKEND", INLINE)  # as ipykernel does before the notebook imports pyplot
     wanted_blas = os.environ.get("OPENBLAS_NUM_THREADS")
@@ -157,7 +163,9 @@ def serve(path: str, roots: list[str]) -> None:
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         raise SystemExit(f"zygote: {threads} threads after the imports; forking it would not be safe")
-    why = _self_test(roots)
+    why = _self_test(roots, join)
+    for fd in join:
+        os.close(fd)
     if why:
         raise SystemExit(f"zygote: a fork cannot be confined here ({why}); kernels must start cold")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernels' first processes are reaped by Linux
@@ -189,16 +197,24 @@ def serve(path: str, roots: list[str]) -> None:
             os.close(fd)
 
 
-def _self_test(roots: list[str]) -> str:
-    """'' if a fork can take the namespaces, the mounts and a fresh /proc, else why not."""
+def _self_test(roots: list[str], join: list[int], fresh: bool = True) -> str:
+    """'' if a fork can do what a kernel's does (_first, _init, _kernel): join a cgroup (through the
+    cgroup.procs files open as `join`), take the namespaces, bring up loopback, make the mounts and
+    a fresh /proc, drop its capabilities and (fresh) reseed, else why not."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
         why = ""
         try:
+            for fd in join:
+                try:
+                    os.write(fd, b"0")
+                except OSError as exc:
+                    raise OSError(exc.errno, f"joining a cgroup: {exc.strerror}") from None
             seen = [p for p in sys.path if p and os.path.exists(p)]
             _unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+            _loopback_up()
             _confine_files({"writable": [], "readable": [], "files": {}, "tmp_bytes": 1 << 20,
                             "cwd": os.getcwd(), "run_bytes": 1 << 20, "run_inodes": 64}, roots)
             gone = [p for p in seen if not os.path.exists(p)]
@@ -211,7 +227,8 @@ def _self_test(roots: list[str]) -> str:
                     if sorted(os.listdir("/proc"))[0] != "1":
                         os._exit(3)
                     drop_capabilities()
-                    _fresh_state({"threads": 1})
+                    if fresh:
+                        _fresh_state({"threads": 1})
                     os._exit(0)
                 except BaseException:
                     os._exit(4)
@@ -472,10 +489,23 @@ def client(path: str, request_file: str, argv: list[str]) -> int:
     return int(answer.get("exit", 1)) & 0xFF
 
 
+def _join_option(args: list[str]) -> tuple[list[int], list[str]]:
+    """(the file descriptors of a leading `--join FD,...`, the arguments after it)."""
+    if args[:1] == ["--join"] and len(args) >= 2:
+        return [int(fd) for fd in args[1].split(",") if fd], args[2:]
+    return [], args
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"] and len(argv) >= 3:
-        serve(argv[1], argv[2:])
+        join, roots = _join_option(argv[2:])
+        serve(argv[1], roots, join)
         return 0
+    if argv[:1] == ["check"] and len(argv) >= 2:
+        join, roots = _join_option(argv[1:])
+        why = _self_test(roots, join, fresh=False)
+        print(why or "a confined fork works here")
+        return 1 if why else 0
     if argv[:1] == ["client"] and len(argv) >= 4 and argv[3] == "--":
         return client(argv[1], argv[2], argv[4:])
     print(__doc__, file=sys.stderr)

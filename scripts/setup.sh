@@ -9,7 +9,9 @@
 # The kit runs on Python 3.13, 3.12 and 3.11; without PYTHON the newest one found is used.
 # Re-running it is cheap: the pins are hashed and the install is skipped when the venv
 # already holds exactly this set. Delete the venv to start over (or to change its Python).
-# It also installs bubblewrap, the grading sandbox, when it can (root on Debian/Ubuntu).
+# It also installs bubblewrap, the grading sandbox, when it can (root on Debian/Ubuntu), and ends
+# with `python -m grader doctor`: how grading will run on this machine, and the fix for each
+# missing piece (a refusal there does not fail setup).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -71,6 +73,12 @@ print(f"setup: Python {sys.version.split()[0]}, torch {torch.__version__}, "
 EOF
 }
 
+# What grading will look like here (grader/doctor.py); its verdict never fails setup.
+doctor() {
+    say "checking how grading will run on this machine (python -m grader doctor)"
+    "$VENV/bin/python" -m grader doctor || true
+}
+
 if [ "${1:-}" = "--check" ]; then check_imports; exit; fi
 
 ensure_bubblewrap
@@ -97,6 +105,7 @@ stamp="$VENV/.craft-lab-pins.sha256"
 want=$(cat requirements.txt requirements-nodeps.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     say "$VENV (Python $version) is up to date with requirements.txt (nothing to do)"
+    doctor
     exit 0
 fi
 
@@ -121,3 +130,4 @@ fi
 check_imports
 echo "$want" > "$stamp"
 say "done in $(( SECONDS - started )) s"
+doctor

@@ -163,14 +163,14 @@ def test_a_machine_without_bubblewrap_is_refused_with_what_to_install(run_dir):
 
 def test_ubuntu_apparmor_restriction_and_missing_cgroup_are_explained(run_dir):
     ubuntu = dataclasses.replace(CAPS, bwrap="/usr/bin/bwrap", namespaces=False, root=False,
-                                 userns_restricted=True, cgroup=None, system="Linux",
-                                 namespaces_error="bwrap: setting up uid map: Permission denied",
-                                 cgroup_error="no systemd-run")
+                                 userns_restricted=True, cgroup=None, system="Linux", hierarchy="v2",
+                                 systemd_run=True, namespaces_error="bwrap: setting up uid map: Permission denied",
+                                 cgroup_error="systemd-run --scope did not apply MemoryMax and TasksMax")
     with pytest.raises(SandboxUnavailable) as refused:
         Sandbox(run_dir, limits(), ubuntu)
     message = str(refused.value)
-    assert "setting up uid map" in message and "apparmor_restrict_unprivileged_userns=0" in message
-    assert "no real memory limit" in message and "systemd-run --user --scope" in message
+    assert "setting up uid map" in message and "apparmor_parser -r /etc/apparmor.d/bwrap" in message
+    assert "no real memory limit" in message and "systemd-run --user --scope -p Delegate=yes" in message
     assert "no limit on the number of processes" in message
     assert "can outlive the grading" in message
     root_no_cgroup = dataclasses.replace(CAPS, namespaces=True, root=True, cgroup=None)

@@ -1,5 +1,6 @@
-"""The pinned environment: one set of pins for Python 3.11 to 3.13, environment.yml agrees with
-them, setup picks a supported Python, and the venv holds the pins."""
+"""The pinned environment: one set of pins for Python 3.11 to 3.13 (another version of a package only
+where it forces it, by an environment marker), environment.yml agrees with them, setup picks a
+supported Python, and the venv holds the pins."""
 from __future__ import annotations
 
 import os
@@ -41,15 +42,41 @@ def read_pins(path) -> list[Requirement]:
     return [parse_pin(line, path.name) for line in lines if line]
 
 
+def marker_env(python: str) -> dict[str, str]:
+    """The marker variables of a Python: python_version "3.11" and python_full_version "3.11.2"
+    (a bare "3.11" stands for its first release, 3.11.0)."""
+    full = python if python.count(".") == 2 else f"{python}.0"
+    return {"python_version": ".".join(full.split(".")[:2]), "python_full_version": full}
+
+
 def pins_for(pins: list[Requirement], python: str) -> dict[str, str]:
-    """name -> version of the pins that apply on this Python version (markers evaluated)."""
+    """name -> version of the pins that apply on this Python ("3.11" or "3.11.2"; markers evaluated)."""
     chosen: dict[str, list[str]] = {}
     for req in pins:
-        if req.marker is None or req.marker.evaluate({"python_version": python}):
+        if req.marker is None or req.marker.evaluate(marker_env(python)):
             chosen.setdefault(canonical(req.name), []).append(next(iter(req.specifier)).version)
     twice = {name: versions for name, versions in chosen.items() if len(versions) > 1}
     assert not twice, f"more than one pin applies on Python {python}: {twice}"
     return {name: versions[0] for name, versions in chosen.items()}
+
+
+def pythons_to_check(pins: list[Requirement]) -> list[str]:
+    """Each supported Python at its first and a late release, at every version a marker names
+    and at the release just before it: where the pins that apply can change."""
+    named = {v for req in pins if req.marker for v in re.findall(r'"(\d+\.\d+(?:\.\d+)?)"', str(req.marker))}
+    points = set()
+    for minor in supported_pythons():
+        points |= {f"{minor}.0", f"{minor}.99"}
+        for version in named:
+            parts = [int(x) for x in version.split(".")]
+            if ".".join(map(str, parts[:2])) == minor and len(parts) == 3:
+                points |= {version, f"{minor}.{parts[2] - 1}"} if parts[2] else {version}
+    return sorted(points, key=lambda v: tuple(map(int, v.split("."))))
+
+
+# The Pythons TAs have, each checked by `pip install --dry-run --no-deps -r requirements.txt`:
+# Debian 12's own, Ubuntu 24.04's, and a 3.13.
+TA_PYTHONS = ["3.11.2", "3.12.3", "3.13.0"]
 
 
 def key(req: Requirement) -> tuple[str, str, str]:
@@ -72,9 +99,24 @@ def test_environment_yml_agrees_with_requirements():
     versions = sorted(supported_pythons(), key=lambda v: tuple(map(int, v.split("."))))
     major, newest = versions[-1].split(".")
     assert f"python>={versions[0]},<{major}.{int(newest) + 1}" in conda, conda
-    requirements = {key(req) for req in read_pins(ROOT / "requirements.txt")}
+    pins = read_pins(ROOT / "requirements.txt")
+    requirements = {key(req) for req in pins}
     disagree = sorted(str(req) for req in pip if key(req) not in requirements)
     assert not disagree, f"environment.yml pins that requirements.txt does not have: {disagree}"
+    listed = {canonical(req.name) for req in pip}
+    for python in pythons_to_check(pins):  # a package listed there gets the same version on every Python
+        wanted = {name: v for name, v in pins_for(pins, python).items() if name in listed}
+        assert pins_for(pip, python) == wanted, f"environment.yml and requirements.txt differ on Python {python}"
+
+
+def test_markers_are_evaluated_on_the_full_python_version():
+    pins = [Requirement('soupsieve==2.10 ; python_full_version < "3.11.5"'),
+            Requirement('soupsieve==4.1.3 ; python_full_version >= "3.11.5"')]
+    assert [pins_for(pins, v)["soupsieve"] for v in ("3.11.2", "3.11.4", "3.11.5", "3.12", "3.13.0")] == \
+        ["2.10", "2.10", "4.1.3", "4.1.3", "4.1.3"]
+    assert {"3.11.4", "3.11.5", "3.11.0", "3.13.99"} <= set(pythons_to_check(pins))
+    with pytest.raises(AssertionError, match="more than one pin applies on Python 3.12"):
+        pins_for(pins + [Requirement('soupsieve==3.0 ; python_version >= "3.11"')], "3.12")
 
 
 def test_environment_yml_covers_the_direct_requirements():
@@ -90,9 +132,16 @@ def test_environment_yml_covers_the_direct_requirements():
 def test_each_supported_python_gets_exactly_one_pin_per_package():
     pins = read_pins(ROOT / "requirements.txt")
     names = {canonical(req.name) for req in pins}
-    for python in supported_pythons():
+    for python in pythons_to_check(pins) + TA_PYTHONS:
         missing = names - set(pins_for(pins, python))
         assert not missing, f"no pin applies on Python {python} for {sorted(missing)}"
+
+
+def test_debian_12s_python_gets_a_soupsieve_it_can_run():
+    """soupsieve 3.0 and later require Python >= 3.11.5; Debian 12's /usr/bin/python3.11 is 3.11.2."""
+    pins = read_pins(ROOT / "requirements.txt")
+    assert pins_for(pins, "3.11.2")["soupsieve"] == "2.10"
+    assert pins_for(pins, "3.11.5")["soupsieve"] == pins_for(pins, "3.13.0")["soupsieve"] == "4.1.3"
 
 
 def test_xplique_is_pinned_apart_and_installed_without_deps():
@@ -108,7 +157,7 @@ def test_the_running_python_is_supported():
 
 
 def test_the_running_environment_holds_the_pins():
-    python = "%d.%d" % sys.version_info[:2]
+    python = "%d.%d.%d" % sys.version_info[:3]
     pins = pins_for(read_pins(ROOT / "requirements.txt") + read_pins(ROOT / "requirements-nodeps.txt"),
                     python)
     wrong = {}
