@@ -19,7 +19,7 @@ STAGES = {
     "sandbox": "set up the sandbox (cgroup, kernelspec)",
     "kernel_start": "kernel start, until it answers (a fork of the zygote, or a cold start)",
     "cells": "the notebook's cells (imports in setup_imports, each task's cells)",
-    "captures": "the artefact captures after graded cells",
+    "captures": "the captures after graded cells (their evidence sent to the worker)",
     "nbgrader": "nbgrader's own steps in autograde (sanitize, gradebook, write)",
     "verify": "out-of-kernel verification and scores (replays apart)",
     "replay": "trusted recomputations on the student's own values, when they differ from the reference's",
