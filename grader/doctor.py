@@ -12,10 +12,10 @@ import getpass
 import platform
 import sys
 
-from . import sandbox, warm
+from .kernel import sandbox, warm
 
-WARM = "warm kernels (forks of one process that imported torch, TensorFlow and Xplique once)"
-COLD = "cold kernels (each imports torch, TensorFlow and Xplique itself: 9-15 s more per submission)"
+WARM = "warm kernels (forks of one process that imported the lab's libraries once)"
+COLD = "cold kernels (each imports the lab's libraries itself: seconds more per submission)"
 
 
 def protections_text(caps: sandbox.Capabilities) -> str:

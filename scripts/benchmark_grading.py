@@ -32,11 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from grader import batch, release, score  # noqa: E402
+from grader import batch, lab, release, score  # noqa: E402
 from grader import course as course_mod  # noqa: E402
 from grader.course import GRADER_DIR  # noqa: E402
 from grader.results import STAGES  # noqa: E402
-from grader.samples import DEMO_CLASS, write_samples  # noqa: E402
+from grader.samples import write_samples  # noqa: E402
 
 IMPORTS = "import torch, torchvision, tensorflow, xplique.concepts"
 
@@ -123,11 +123,11 @@ def main() -> int:
     args = parser.parse_args()
     course = course_mod.load()
     n_images = args.n_images or course.grading_n_images
-    work = args.keep or Path(tempfile.mkdtemp(prefix="craft-lab-bench-"))
+    work = args.keep or Path(tempfile.mkdtemp(prefix="grader-bench-"))
     started = time.monotonic()
     try:
         student = release.generate(course, work / "release") / f"{course.notebook}.ipynb"
-        reference = next(s for s in DEMO_CLASS if s.name == "reference")
+        reference = next(s for s in lab.load(course).DEMO_CLASS if s.name == "reference")
         inbox = work / "inbox"
         write_samples([reference], inbox, course.source_notebook, student)
         students = [f"s{i:02d}" for i in range(1, max(args.k, args.full_k) + 1)]

@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from grader import batch, doctor, sandbox, warm
-from grader.sandbox import SYSTEMD_DELEGATE, V1_DELEGATE, V2_DELEGATE, Capabilities
+from grader import batch, doctor
+from grader.kernel import sandbox, warm
+from grader.kernel.sandbox import (
+    SYSTEMD_DELEGATE,
+    V1_DELEGATE,
+    V2_DELEGATE,
+    Capabilities,
+)
 
 DEBIAN = Capabilities(
     bwrap="/usr/bin/bwrap", namespaces=True, namespaces_error="", cgroup="v1", cgroup_error="", root=False,
@@ -201,8 +207,8 @@ def test_a_delegated_v2_cgroup_is_made_ready_then_holds_the_sandboxes(fake_v2):
     own["path"] = f"/craft-lab-ta/{sandbox.V2_LEAF}"  # where the grader now runs: its workers find the same folder
     (top / "cgroup.subtree_control").write_text("memory pids")
     assert sandbox._v2_parent() == top
-    plan = sandbox._Cgroup.plan("v2", "craft-sandbox-x", sandbox.PROBE_LIMITS)
-    assert plan == {top / "craft-sandbox-x": {"memory.max": 256 * 2 ** 20, "memory.swap.max": 0, "pids.max": 64}}
+    plan = sandbox._Cgroup.plan("v2", "grader-sandbox-x", sandbox.PROBE_LIMITS)
+    assert plan == {top / "grader-sandbox-x": {"memory.max": 256 * 2 ** 20, "memory.swap.max": 0, "pids.max": 64}}
 
 
 def test_a_v2_cgroup_not_delegated_is_refused_with_why(fake_v2, monkeypatch):

@@ -1,4 +1,4 @@
-"""The OS sandbox around a submission's kernel (grader/sandbox.py), driven through real kernels.
+"""The OS sandbox around a submission's kernel (grader/kernel/sandbox.py), driven through real kernels.
 
 Each limit gets a tiny notebook that tries to break it, run by nbclient (or nbgrader's Execute)
 in a Sandbox; the checks are made from the grader's side where they can be (host files, a
@@ -28,8 +28,16 @@ from nbclient.exceptions import DeadKernelError
 from nbformat.v4 import new_code_cell, new_notebook
 
 from conftest import ROOT
-from grader.sandbox import (COURSE_TOML, WORKDIR, Limits, Sandbox, SandboxUnavailable, _python_dirs, probe,
-                            reap)
+from grader.course import COURSE_FILE as COURSE_TOML
+from grader.kernel.sandbox import (
+    WORKDIR,
+    Limits,
+    Sandbox,
+    SandboxUnavailable,
+    _python_dirs,
+    probe,
+    reap,
+)
 
 CAPS = probe()
 needs_bwrap = pytest.mark.skipif(CAPS.bwrap is None, reason="bubblewrap is not installed here "
@@ -334,11 +342,11 @@ HOLDER = """\
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 from jupyter_client import KernelManager
-from grader.sandbox import Limits, Sandbox, probe
-from grader.warm import Zygote
+from grader.kernel.sandbox import Limits, Sandbox, probe
+from grader.kernel.warm import Zygote
 
 folder = {folder!r}
-zygote = Zygote.from_env({{"CRAFT_LAB_ZYGOTE": {zygote!r}}}) if {zygote!r} else None
+zygote = Zygote.from_env({{"GRADER_ZYGOTE": {zygote!r}}}) if {zygote!r} else None
 sb = Sandbox(os.path.join(folder, "run"), Limits.load(), probe(), allow_unsafe=True, zygote=zygote,
              env={{"OMP_NUM_THREADS": "1"}}, manifest_dir=folder)
 os.environ.update(sb.jupyter_env())
@@ -387,7 +395,7 @@ def test_reap_removes_what_a_killed_holder_of_a_sandbox_left(caps, tmp_path, zyg
         holder.wait()
     assert info["zygote"] == bool(zygote_folder)
     assert len(info["pids"]) >= 2 and info["cgroups"]
-    manifests = [p for p in folder.iterdir() if p.name.startswith("craft-sandbox-")]
+    manifests = [p for p in folder.iterdir() if p.name.startswith("grader-sandbox-")]
     assert len(manifests) == 1
     # What the killed holder left (no cleanup ran): the test would fail here without reap().
     assert Path(info["state"]).is_dir() and Path(info["ipc"]).is_dir()
@@ -408,18 +416,18 @@ def test_reap_removes_only_what_a_sandbox_makes_and_follows_no_link(tmp_path):
     (victim / "sub").mkdir(parents=True)
     (victim / "sub" / "keep.txt").write_text("keep")
     token = "0123456789ab"
-    state = tmp_path / f"craft-sbx-{token}"
+    state = tmp_path / f"grader-sbx-{token}"
     (state / "ipc" / "a").mkdir(parents=True)
     (state / "ipc" / "a" / "to-victim").symlink_to(victim)           # links the kernel could plant
     (state / "ipc" / "file-link").symlink_to(victim / "sub" / "keep.txt")
     (state / "ipc" / "a").chmod(0)
     job = tmp_path / "job"
     job.mkdir()
-    manifest = job / f"craft-sandbox-{token}.json"
+    manifest = job / f"grader-sandbox-{token}.json"
     good = {"state": str(state), "folders": [], "cgroups": [], "unit": ""}
     bad = [{**good, "state": str(victim)},                                          # not named after the token
-           {**good, "folders": [str(tmp_path / "x" / ".." / f"craft-sandbox-{token}")]},  # not normalized
-           {**good, "cgroups": [str(tmp_path / f"craft-sandbox-{token}")]}]          # not a cgroup
+           {**good, "folders": [str(tmp_path / "x" / ".." / f"grader-sandbox-{token}")]},  # not normalized
+           {**good, "cgroups": [str(tmp_path / f"grader-sandbox-{token}")]}]          # not a cgroup
     for record in bad:
         manifest.write_text(json.dumps(record))
         with pytest.warns(UserWarning, match="not what a sandbox makes"):
@@ -441,7 +449,7 @@ def test_reap_removes_only_what_a_sandbox_makes_and_follows_no_link(tmp_path):
 WORKER = """\
 import json, os, sys
 sys.path.insert(0, {root!r})
-from grader.sandbox import Limits, Sandbox, probe
+from grader.kernel.sandbox import Limits, Sandbox, probe
 job = {job!r}
 sb = Sandbox(os.path.join(job, "run"), Limits.load(), probe(), allow_unsafe=True, manifest_dir=job)
 json.dump({{"state": str(sb.state), "cgroups": [str(d) for d in (sb.cgroup.dirs if sb.cgroup else [])]}},
@@ -452,17 +460,17 @@ os.kill(os.getpid(), 9)
 
 @needs_bwrap
 def test_run_job_reaps_the_sandbox_of_a_killed_worker(caps, tmp_path):
-    from grader import worker
+    from grader import runner
 
     job = tmp_path / "job"
     job.mkdir()
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(root=str(ROOT), job=str(job)))
-    result = worker.run_job(job, dict(os.environ), 120, argv=[sys.executable, str(script)])
+    result = runner.run_job(job, dict(os.environ), 120, argv=[sys.executable, str(script)])
     assert "killed by signal 9" in result.reason, result
     info = json.loads((job / "info.json").read_text())
     assert not Path(info["state"]).exists() and not any(Path(d).exists() for d in info["cgroups"])
-    assert not [p for p in job.iterdir() if p.name.startswith("craft-sandbox-")]
+    assert not [p for p in job.iterdir() if p.name.startswith("grader-sandbox-")]
 
 
 BOOT = """\
@@ -638,7 +646,8 @@ def test_torch_and_tensorflow_import_with_the_default_limits(caps, run_dir, mech
 
 def test_the_batch_refuses_a_machine_missing_a_protection_unless_told_and_then_says_what_is_off(monkeypatch):
     """`python -m grader grade` checks the machine first; --allow-unsafe grades and says what is off."""
-    from grader import batch, sandbox
+    from grader import batch
+    from grader.kernel import sandbox
 
     bare = dataclasses.replace(CAPS, bwrap=None, namespaces=False, system="Linux",
                                namespaces_error="bubblewrap is not installed")

@@ -27,9 +27,17 @@ import psutil
 import pytest
 
 from conftest import ROOT
-from grader import batch, release, sandbox, score
+from grader import batch, release, score
+from grader.kernel import sandbox
 from grader.samples import write_samples
-from tamper import CHEATS, DETACHED_MARKER, INJECTED, OUTSIDE_FILE, limit_samples, machine_samples
+from tamper import (
+    CHEATS,
+    DETACHED_MARKER,
+    INJECTED,
+    OUTSIDE_FILE,
+    limit_samples,
+    machine_samples,
+)
 
 pytestmark = pytest.mark.slow  # ~12 min on 2 cores
 
@@ -297,4 +305,4 @@ def test_what_a_kernel_leaves_is_bounded(graded, course):
     sleeper = got["limit_sleeps"]
     assert sleeper.status == "failed" and sleeper.seconds < 400, sleeper.reason
     for job in (out / "work").iterdir():
-        assert not list(job.glob("craft-sandbox-*.json")), f"{job.name}: a sandbox was not cleaned up"
+        assert not list(job.glob("grader-sandbox-*.json")), f"{job.name}: a sandbox was not cleaned up"

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from grader import sandbox
+from grader.kernel import sandbox
 
 TEST_USER = "craft-lab-test"
 CAPS = sandbox.probe() if platform.system() == "Linux" else None
@@ -91,7 +91,8 @@ import dataclasses, json, os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 mode, work, secret = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
-from grader import batch, sandbox, warm
+from grader import batch
+from grader.kernel import sandbox, warm
 
 caps = sandbox.probe()
 out = {"uid": os.getuid(), "cgroup": caps.cgroup, "cgroup_where": caps.cgroup_where, "missing": caps.missing(),

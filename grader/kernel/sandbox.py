@@ -1,7 +1,7 @@
 """Confine one submission's Jupyter kernel: the OS-level sandbox around untrusted student code.
 
     caps = probe()                                   # what this machine offers
-    with Sandbox(run_dir, Limits.load(), caps, files={helper: "craftlab.py"}, manifest_dir=job_dir) as sb:
+    with Sandbox(run_dir, Limits.load(), caps, files={helper: "helper.py"}, manifest_dir=job_dir) as sb:
         os.environ.update(sb.jupyter_env())          # so jupyter finds the sandbox's kernelspec
         ExecutePreprocessor(config=sb.config(), ...).preprocess(nb, {"metadata": {"path": str(run_dir)}})
     # leaving the block kills whatever the submission left running, removes the cgroup and the folders
@@ -63,8 +63,11 @@ import tomllib
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-COURSE_TOML = Path(__file__).resolve().parent / "course.toml"
+if TYPE_CHECKING:  # warm.py imports this module
+    from .warm import Zygote
+
 MB = 2 ** 20
 UID = GID = 65534                        # "nobody" inside the sandbox
 # The kernel's working folder and HOME inside the sandbox: a private tmpfs (no host path).
@@ -72,7 +75,8 @@ WORKDIR = "/home/sandbox"
 # Names of what one sandbox makes on the host, all from one random token: its kernel (and
 # cgroup, systemd scope, socket folder in a zygote's folder), its state folder in /tmp, its manifest.
 TOKEN = re.compile(r"[0-9a-f]{12}")
-KERNEL_PREFIX, STATE_PREFIX = "craft-sandbox-", "craft-sbx-"
+KERNEL_PREFIX, STATE_PREFIX = "grader-sandbox-", "grader-sbx-"
+REQUEST = "request.json"   # a warm kernel's zygote.Request, in the state folder
 MANIFEST = re.compile(rf"{KERNEL_PREFIX}({TOKEN.pattern})\.json")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The only files of /etc the kernel sees (a root grader's /etc holds shadow, keys, ...).
@@ -132,8 +136,11 @@ class Limits:
             raise ValueError(f"sandbox limits must be positive integers: {', '.join(bad)}")
 
     @classmethod
-    def load(cls, path: Path = COURSE_TOML) -> Limits:
-        """The [sandbox] section of course.toml."""
+    def load(cls, path: Path | None = None) -> Limits:
+        """The [sandbox] section of the course file (grader/course.py course_file())."""
+        from ..course import course_file
+
+        path = path or course_file()
         with open(path, "rb") as f:
             data = tomllib.load(f).get("sandbox", {})
         names = [f.name for f in fields(cls)]
@@ -149,12 +156,12 @@ class Limits:
 NEED = frozenset({"memory", "pids"})     # the cgroup controllers a sandbox uses
 # cgroup v2 hands controllers only to the children of a cgroup without processes: in a subtree
 # delegated to an ordinary user, the grader first moves the subtree's processes into this child.
-V2_LEAF = "craft-lab-grader"
+V2_LEAF = "grader"
 # The commands a TA's root runs to delegate a cgroup subtree to them (run from the shell they
 # will grade in: $$ is that shell; it holds again until the next reboot).
-V1_DELEGATE = ("for c in memory pids; do d=/sys/fs/cgroup/$c/craft-lab-$(id -un); sudo mkdir -p $d && "
+V1_DELEGATE = ("for c in memory pids; do d=/sys/fs/cgroup/$c/grader-$(id -un); sudo mkdir -p $d && "
                "sudo chown $(id -un) $d $d/cgroup.procs $d/tasks && echo $$ | sudo tee $d/cgroup.procs >/dev/null; done")
-V2_DELEGATE = ("d=/sys/fs/cgroup/craft-lab-$(id -un); sudo mkdir -p $d && sudo chown $(id -un) $d $d/cgroup.procs "
+V2_DELEGATE = ("d=/sys/fs/cgroup/grader-$(id -un); sudo mkdir -p $d && sudo chown $(id -un) $d $d/cgroup.procs "
                "$d/cgroup.subtree_control $d/cgroup.threads && echo $$ | sudo tee $d/cgroup.procs >/dev/null")
 SYSTEMD_DELEGATE = "systemd-run --user --scope -p Delegate=yes bash"
 APPARMOR_FILE = "/etc/apparmor.d/bwrap"
@@ -366,10 +373,10 @@ def _hierarchy() -> str:
 
 def _try_bwrap(bwrap: str) -> str:
     """'' if a sandbox laid out like the real one starts and runs Python as uid 65534, else why not."""
-    with tempfile.TemporaryDirectory(prefix="craft-sbx-probe-") as tmp:
-        etc = _write_etc(Path(tmp), WORKDIR)
+    with tempfile.TemporaryDirectory(prefix="grader-sbx-probe-") as tmp:
+        etc = write_etc(Path(tmp), WORKDIR)
         check = f"import os, sys; sys.exit(0 if os.getuid() == 65534 and os.getcwd() == {WORKDIR!r} else 3)"
-        argv = _bwrap_args(bwrap, etc, {"HOME": WORKDIR}, 16, 16) + [
+        argv = bwrap_args(bwrap, etc, {"HOME": WORKDIR}, 16, 16) + [
             "--", sys.executable, "-I", "-S", "-c", check]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -388,7 +395,7 @@ def _probe_cgroup() -> tuple[str | None, str, str]:
     errors = []
     for kind in ("v1", "v2"):
         try:
-            group = _Cgroup.create(kind, f"craft-sbx-probe-{secrets.token_hex(4)}", PROBE_LIMITS)
+            group = _Cgroup.create(kind, f"grader-sbx-probe-{secrets.token_hex(4)}", PROBE_LIMITS)
         except OSError as exc:
             errors.append(f"cgroup {kind}: {exc.strerror or exc}")
             continue
@@ -406,7 +413,7 @@ def _try_systemd() -> str:
     if not shutil.which("systemd-run"):
         return "no systemd-run"
     show = 'p=$(sed -n "s/^0:://p" /proc/self/cgroup); cat /sys/fs/cgroup$p/memory.max /sys/fs/cgroup$p/pids.max'
-    argv = _systemd_prefix("craft-sbx-probe-" + secrets.token_hex(4), 256, 64) + ["sh", "-c", show]
+    argv = _systemd_prefix("grader-sbx-probe-" + secrets.token_hex(4), 256, 64) + ["sh", "-c", show]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -588,7 +595,7 @@ def _python_dirs() -> list[Path]:
     return sorted(p for p in found if not any(p != q and p.is_relative_to(q) for q in found))
 
 
-def _write_etc(state: Path, home: Path | str) -> Path:
+def write_etc(state: Path, home: Path | str) -> Path:
     """passwd and group naming only the sandbox's user, so the host's accounts stay unseen."""
     etc = state / "etc"
     etc.mkdir(exist_ok=True)
@@ -597,7 +604,7 @@ def _write_etc(state: Path, home: Path | str) -> Path:
     return etc
 
 
-def _bwrap_args(bwrap: str, etc: Path, env: dict[str, str], tmp_mb: int, run_mb: int, *,
+def bwrap_args(bwrap: str, etc: Path, env: dict[str, str], tmp_mb: int, run_mb: int, *,
                 binds: dict[str, str] | None = None, files: dict[str, str] | None = None,
                 writable: dict[str, str] | None = None) -> list[str]:
     """bwrap's options. Mounts apply in order: the tmpfs folders first, binds over them.
@@ -709,7 +716,7 @@ def _empty_files(fd: int) -> list[str]:
 
 @dataclass
 class _Leftovers:
-    """What one sandbox makes on the host: its state folder (/tmp/craft-sbx-TOKEN), its socket
+    """What one sandbox makes on the host: its state folder (/tmp/grader-sbx-TOKEN), its socket
     folder in a zygote's folder (warm kernels), its cgroup folders or systemd scope. As its
     manifest records it, so that another process can remove it all."""
 
@@ -914,7 +921,8 @@ class Sandbox:
     def __init__(self, run_dir: Path | str, limits: Limits | None = None, caps: Capabilities | None = None,
                  *, env: dict[str, str] | None = None, binds: dict[str | Path, str | Path] | None = None,
                  files: dict[str | Path, str] | None = None, boot: str | Path | None = None,
-                 allow_unsafe: bool = False, zygote=None, manifest_dir: Path | str | None = None):
+                 allow_unsafe: bool = False, zygote: Zygote | None = None,
+                 manifest_dir: Path | str | None = None):
         self.run_dir = _check_run_dir(Path(run_dir))
         self.limits = limits or Limits.load()
         self.caps = caps or probe()
@@ -971,7 +979,7 @@ class Sandbox:
             share.mkdir()
         self.ipc_dir.mkdir()
         self.conn_dir.mkdir()
-        self._etc = _write_etc(self.state, self.cwd)
+        self._etc = write_etc(self.state, self.cwd)
         if plan:
             self.cgroup = _Cgroup.make(plan)
         if not self.caps.namespaces:  # no private folder: the helper files, copied into run_dir
@@ -983,12 +991,12 @@ class Sandbox:
             (share / "files").mkdir()
             for host, name in self.files.items():  # copies the fork can see, to bind read-only
                 shutil.copyfile(host, share / "files" / name)
-            (self.state / "request.json").write_text(json.dumps(self._warm_request(share / "files")))
+            self._warm_request(share / "files").write(str(self.state / REQUEST))
         argv = self.kernel_argv()
         odd = [a for a in argv if re.search(r"\{[A-Za-z0-9_]+\}", a) and a != "{connection_file}"]
         if odd:  # jupyter would replace them
             raise ValueError(f"no {{name}} placeholders allowed in paths or variables: {odd}")
-        spec = {"argv": argv, "display_name": "Python 3 (CRAFT Lab sandbox)",
+        spec = {"argv": argv, "display_name": "Python 3 (grading sandbox)",
                 "language": "python", "interrupt_mode": "message", "metadata": {"debugger": False}}
         (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
 
@@ -1021,9 +1029,9 @@ class Sandbox:
         kernel = self._kernel_command()
         if self.zygote:  # a fork of the batch's zygote, confined as described in zygote.py
             return [*launch[:3], str(self.zygote.script), "client", str(self.zygote.socket),
-                    str(self.state / "request.json"), "--", *kernel[kernel.index("-f"):]]
+                    str(self.state / REQUEST), "--", *kernel[kernel.index("-f"):]]
         if self.caps.namespaces:
-            bwrap = _bwrap_args(self.caps.bwrap, self._etc, self._kernel_env(), self.limits.tmp_mb,
+            bwrap = bwrap_args(self.caps.bwrap, self._etc, self._kernel_env(), self.limits.tmp_mb,
                                 self.limits.run_mb, binds=self.binds | {str(self.conn_dir): str(self.conn_dir)},
                                 files=self.files, writable={str(self.ipc_dir): str(self.ipc_dir)})
             argv = outer + ["--", *bwrap, "--", *launch, *limits, "--", *kernel]
@@ -1059,14 +1067,16 @@ class Sandbox:
     def _kernel_env(self) -> dict[str, str]:
         return kernel_env(self.cwd, self.caps.namespaces, self.env)
 
-    def _warm_request(self, copies: Path) -> dict:
-        """What the zygote's fork needs to become this sandbox's kernel (zygote.py, client)."""
-        return {"env": self._kernel_env(), "rlimits": self._rlimits(), "cwd": WORKDIR,
-                "writable": [str(self.ipc_dir)], "readable": [str(self.conn_dir)],
-                "files": {str(copies / name): f"{WORKDIR}/{name}" for name in self.files.values()},
-                "tmp_bytes": self.limits.tmp_mb * MB, "run_bytes": self.limits.run_mb * MB,
-                "run_inodes": self.limits.run_files, "threads": self.env.get("OMP_NUM_THREADS"),
-                "cgroup_procs": [str(f) for f in self.cgroup.procs_files], "boot": self.zygote.boot}
+    def _warm_request(self, copies: Path):
+        """What the zygote's fork needs to become this sandbox's kernel (zygote.Request)."""
+        from .zygote import Request
+
+        return Request(env=self._kernel_env(), rlimits=self._rlimits(), cwd=WORKDIR, writable=[str(self.ipc_dir)],
+                       readable=[str(self.conn_dir)],
+                       files={str(copies / name): f"{WORKDIR}/{name}" for name in self.files.values()},
+                       tmp_bytes=self.limits.tmp_mb * MB, run_bytes=self.limits.run_mb * MB,
+                       run_inodes=self.limits.run_files, threads=self.env.get("OMP_NUM_THREADS"),
+                       boot=self.zygote.boot, cgroup_procs=[str(f) for f in self.cgroup.procs_files])
 
     def _kernel_command(self) -> list[str]:
         boot = self.boot
