@@ -12,7 +12,9 @@
    sandboxes included) and the ratio of seconds per submission to the import floor.
 3. The per-stage profile: the median over the submissions of each worker stage
    (grader/results.py STAGES) and of the slowest cells.
-4. --cold: the same with cold kernels (--cold-kernels), to show what warm kernels save.
+4. --cold: the same with cold kernels (--cold-kernels), to show what warm kernels save;
+   --allow-unsafe: grade where part of the sandbox is missing (what a TA's machine without a
+   writable cgroup gives), to measure it.
 5. --full-k N: plain sequential `nbgrader autograde` of N submissions at full size (300 images), the peer.
 Nothing is asserted: it is a measurement. Run it on a quiet machine.
 """
@@ -60,7 +62,8 @@ def import_floor(runs: int = 3) -> float:
     return statistics.median(times)
 
 
-def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, warm: bool) -> dict:
+def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, warm: bool,
+                 allow_unsafe: bool = False) -> dict:
     def echo(line: str) -> None:
         if line.startswith("Grading "):  # the grading phase starts: zygote and reference run done
             grading.append((time.monotonic(), cpu_seconds()))
@@ -69,7 +72,7 @@ def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, wa
     grading: list[tuple[float, float]] = []
     started, cpu = time.monotonic(), cpu_seconds()
     result = batch.grade(course, batch.Options(submissions=inbox, out=out, workers=workers, n_images=n_images,
-                                               warm=warm), echo=echo)
+                                               warm=warm, allow_unsafe=allow_unsafe), echo=echo)
     ended, cpu_end = time.monotonic(), cpu_seconds()
     t0, c0 = grading[0] if grading else (started, cpu)
     done = [r for r in result.results if r.status != "failed"]
@@ -115,6 +118,8 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=6, help="submissions graded per configuration (default 6)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default 1 2)")
     parser.add_argument("--cold", action="store_true", help="also grade with cold kernels (--cold-kernels)")
+    parser.add_argument("--allow-unsafe", action="store_true",
+                        help="grade where this machine lacks part of the sandbox, as `grade --allow-unsafe` does")
     parser.add_argument("--full-k", type=int, default=0, help="submissions autograded plainly at full size (default 0)")
     parser.add_argument("--n-images", type=int, default=None, help="grading-mode images (default: course.toml)")
     parser.add_argument("--full-cell-timeout", type=int, default=3600,
@@ -149,7 +154,7 @@ def main() -> int:
                 print(f"Grading {args.k} submissions, {workers} worker(s), {kind} kernels, {n_images} images...",
                       flush=True)
                 runs[kind, workers] = r = grading_mode(course, graded, work / f"out-{kind}-{workers}", workers,
-                                                       n_images, warm)
+                                                       n_images, warm, args.allow_unsafe)
                 print(f"  {r['per_hour']:.0f} submissions/hour; scores {sorted(set(r['scores'].values()))} of "
                       f"{r['max']:g}; batch set-up (zygote + reference run) {r['setup']:.0f} s", flush=True)
         full = None
