@@ -30,7 +30,8 @@ import test_grading_sandbox as cold
 from conftest import ROOT
 from grader.kernel import warm
 from grader.kernel.boot import CUDA_ON_CPU, TF_EAGER
-from grader.kernel.sandbox import Sandbox, probe
+from grader.kernel.probe import probe
+from grader.kernel.sandbox import Sandbox
 from test_grading_sandbox import (  # noqa: F401  (run again below, with warm kernels)
     host_files,
     limits,
