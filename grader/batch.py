@@ -69,7 +69,7 @@ class Settings:
     workers: int
     threads: int                           # per kernel, so that the workers share the CPUs
     protections_off: tuple[str, ...] = ()  # what the sandbox cannot do on this machine (allowed)
-    caps: object = None                    # the machine's sandbox.Capabilities, as checked
+    caps: object = None                    # the machine's probe.Capabilities, as checked
 
     def after_reference(self, course: Course, opts: Options, seconds: float) -> "Settings":
         """The per-notebook limit, unless given: a multiple of the reference run's time, within
@@ -89,9 +89,9 @@ class Settings:
             raise SystemExit(f"--n-images must be at least {least} for this lab (see its grading package, "
                              f"grader/labs/{course.assignment}/)")
         workers = opts.workers or os.cpu_count() or 1
-        from .kernel import sandbox
+        from .kernel import probe
 
-        caps = sandbox.probe()
+        caps = probe.probe()
         return cls(n_images, opts.cell_timeout_s or course.batch_cell_timeout_s,
                    opts.notebook_timeout_s or course.notebook_timeout_s, workers,
                    max(1, (os.cpu_count() or 1) // workers), sandbox_check(opts.allow_unsafe, caps), caps)
@@ -101,9 +101,9 @@ def sandbox_check(allow_unsafe: bool, caps=None) -> tuple[str, ...]:
     """What the sandbox cannot do here (`caps`, else probed). Refuses to grade (SystemExit,
     saying what is off and the command that fixes each) unless the TA allowed it explicitly;
     then returns the protections that are off."""
-    from .kernel import sandbox
+    from .kernel import probe
 
-    off = tuple((caps or sandbox.probe()).missing())
+    off = tuple((caps or probe.probe()).missing())
     if off and not allow_unsafe:
         raise SystemExit("Refusing to grade: this machine cannot confine the students' code:\n  - "
                          + "\n  - ".join(off) + "\nFix what is missing (`python -m grader doctor` says the same "
@@ -240,7 +240,7 @@ def warm_kernels(course: Course, opts: Options, settings: Settings, folders: Bat
 def _clear(job_dir: Path) -> None:
     """An empty job folder; whatever a killed grading of it left elsewhere (cgroups, socket folders)
     is removed first, from the manifests it left here."""
-    from .kernel.sandbox import reap
+    from .kernel.reap import reap
 
     if job_dir.exists():
         reap(job_dir)
@@ -386,18 +386,18 @@ def cold_reason(opts: Options, settings: Settings) -> str:
         return "--cold-kernels"
     if settings.protections_off:
         return "warm kernels need every protection on"
-    from .kernel import sandbox
+    from .kernel import probe
 
-    caps = settings.caps or sandbox.probe()
+    caps = settings.caps or probe.probe()
     return warm.unavailable(caps) or "the warm-kernel process did not start (see work/zygote.log)"
 
 
 def graded_with(settings: Settings, opts: Options, warm_used: bool) -> str:
     """One line: the protections and the kind of kernels this batch used."""
     from . import doctor
-    from .kernel import sandbox
+    from .kernel import probe
 
-    caps = settings.caps or sandbox.probe()
+    caps = settings.caps or probe.probe()
     return "Graded with: " + doctor.statement(caps, warm_used, "" if warm_used else cold_reason(opts, settings))
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 
+
 class Status(str, Enum):
     """What became of a submission: graded normally, graded but a person should look, or not gradable."""
     GRADED = "graded"

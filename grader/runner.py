@@ -4,7 +4,7 @@
 the grading pipeline once, PRELOAD), in a new session with the grading environment; waits at
 most the per-notebook limit; then kills the worker and everything it started (the Jupyter
 kernel runs in a session of its own, so it is found by a marker in its environment as well as
-by parentage) and removes what a killed worker's sandbox left (kernel/sandbox.py reap). It
+by parentage) and removes what a killed worker's sandbox left (kernel/reap.py). It
 returns the worker's result (grader/pipeline.py writes it), or a failure saying why there is
 none.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .course import ROOT
 from .jobs import LOG, RESULT
-from .kernel.sandbox import reap
+from .kernel.reap import reap
 from .results import GradingResult
 
 MARKER = "GRADER_JOB"  # in every process of a job's environment, so that stray ones are found

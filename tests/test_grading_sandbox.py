@@ -1,4 +1,5 @@
-"""The OS sandbox around a submission's kernel (grader/kernel/sandbox.py), driven through real kernels.
+"""The OS sandbox around a submission's kernel (grader/kernel/sandbox.py; probe.py and reap.py), driven
+through real kernels.
 
 Each limit gets a tiny notebook that tries to break it, run by nbclient (or nbgrader's Execute)
 in a Sandbox; the checks are made from the grader's side where they can be (host files, a
@@ -29,14 +30,14 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from conftest import ROOT
 from grader.course import COURSE_FILE as COURSE_TOML
+from grader.kernel.probe import probe
+from grader.kernel.reap import reap
 from grader.kernel.sandbox import (
     WORKDIR,
     Limits,
     Sandbox,
     SandboxUnavailable,
-    _python_dirs,
-    probe,
-    reap,
+    python_dirs,
 )
 
 CAPS = probe()
@@ -239,7 +240,7 @@ def test_files_outside_run_dir_are_invisible(caps, run_dir, tmp_path):
     marker.parent.mkdir()
     marker.write_text("secret")
     home = [p for p in sorted(Path.home().iterdir())  # the home's own files (not the way to a bound Python)
-            if not any(d.is_relative_to(p) for d in _python_dirs())][:3]
+            if not any(d.is_relative_to(p) for d in python_dirs())][:3]
     targets = [marker, ROOT / "solutions", ROOT / "grader" / "course.toml", ROOT / "README.md", *home]
     assert all(t.exists() for t in targets)
     code = ("import os\nfor path in %r:\n    try:\n        os.listdir(path) if os.path.isdir(path) "
@@ -342,7 +343,8 @@ HOLDER = """\
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 from jupyter_client import KernelManager
-from grader.kernel.sandbox import Limits, Sandbox, probe
+from grader.kernel.probe import probe
+from grader.kernel.sandbox import Limits, Sandbox
 from grader.kernel.warm import Zygote
 
 folder = {folder!r}
@@ -449,7 +451,8 @@ def test_reap_removes_only_what_a_sandbox_makes_and_follows_no_link(tmp_path):
 WORKER = """\
 import json, os, sys
 sys.path.insert(0, {root!r})
-from grader.kernel.sandbox import Limits, Sandbox, probe
+from grader.kernel.probe import probe
+from grader.kernel.sandbox import Limits, Sandbox
 job = {job!r}
 sb = Sandbox(os.path.join(job, "run"), Limits.load(), probe(), allow_unsafe=True, manifest_dir=job)
 json.dump({{"state": str(sb.state), "cgroups": [str(d) for d in (sb.cgroup.dirs if sb.cgroup else [])]}},
@@ -647,11 +650,11 @@ def test_torch_and_tensorflow_import_with_the_default_limits(caps, run_dir, mech
 def test_the_batch_refuses_a_machine_missing_a_protection_unless_told_and_then_says_what_is_off(monkeypatch):
     """`python -m grader grade` checks the machine first; --allow-unsafe grades and says what is off."""
     from grader import batch
-    from grader.kernel import sandbox
+    from grader.kernel import probe as probing
 
     bare = dataclasses.replace(CAPS, bwrap=None, namespaces=False, system="Linux",
                                namespaces_error="bubblewrap is not installed")
-    monkeypatch.setattr(sandbox, "probe", lambda *args, **kwargs: bare)
+    monkeypatch.setattr(probing, "probe", lambda *args, **kwargs: bare)
     with pytest.raises(SystemExit) as refused:
         batch.sandbox_check(allow_unsafe=False)
     assert "Refusing to grade" in str(refused.value) and "--allow-unsafe" in str(refused.value)

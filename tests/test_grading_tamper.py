@@ -28,7 +28,7 @@ import pytest
 
 from conftest import ROOT
 from grader import batch, release, score
-from grader.kernel import sandbox
+from grader.kernel import probe, sandbox
 from grader.samples import write_samples
 from tamper import (
     CHEATS,
@@ -87,9 +87,9 @@ def hostile_inbox_extras(inbox: Path, reference_nb: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def graded(course, server, tmp_path_factory):
-    if sandbox.probe().missing():
+    if probe.probe().missing():
         pytest.fail("the tamper suite needs the full sandbox (setup installs bubblewrap): "
-                    + "; ".join(sandbox.probe().missing()))
+                    + "; ".join(probe.probe().missing()))
     out = tmp_path_factory.mktemp("tamper-out")
     samples = CHEATS + limit_samples(server.server_address[1], str(ROOT), str(out), LIMITS.memory_mb / 1024) \
         + machine_samples(str(out))

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, run_env
 from grader import course as course_mod
 from grader import lab, release
-from grader.kernel import sandbox
+from grader.kernel import probe
 from grader.samples import write_samples
 
 TINY = Path(__file__).resolve().parent / "tiny_lab" / "course.toml"
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    if sandbox.probe().missing():
-        pytest.skip("the sandbox is missing here: " + "; ".join(sandbox.probe().missing()))
+    if probe.probe().missing():
+        pytest.skip("the sandbox is missing here: " + "; ".join(probe.probe().missing()))
     course = course_mod.load(TINY)
     work = tmp_path_factory.mktemp("tiny")
     student = release.generate(course, work / "release") / f"{course.notebook}.ipynb"

@@ -27,10 +27,12 @@ import pytest
 from nbclient import NotebookClient
 
 import test_grading_sandbox as cold
-from conftest import ROOT
+from conftest import COURSE, ROOT
+from grader import lab
 from grader.kernel import warm
 from grader.kernel.boot import CUDA_ON_CPU, TF_EAGER
-from grader.kernel.sandbox import Sandbox, probe
+from grader.kernel.probe import probe
+from grader.kernel.sandbox import Sandbox
 from test_grading_sandbox import (  # noqa: F401  (run again below, with warm kernels)
     host_files,
     limits,
@@ -69,7 +71,7 @@ def zygote(tmp_path_factory):
     data = DATA
     lines = []
     with warm.start([root], {"CRAFT_LAB_OFFLINE": "1", "OMP_NUM_THREADS": "1", CUDA_ON_CPU: "1"}, {data: data},
-                    root.parent / "zygote.log", lines.append) as z:
+                    root.parent / "zygote.log", lines.append, lab.load(COURSE).PRELOAD) as z:
         assert z is not None, lines
         yield z
     shutil.rmtree(DATA, ignore_errors=True)

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import BOOT, HERE, INSIDE, ZYGOTE
+from . import BOOT, HERE, INSIDE, ZYGOTE, cgroups, probe, reap
 from . import sandbox as sbx
 from . import zygote as zyg
 
@@ -64,7 +64,7 @@ class Zygote:
     def boot(self) -> str:
         return BOOT
 
-    def serves(self, caps: sbx.Capabilities) -> bool:
+    def serves(self, caps: probe.Capabilities) -> bool:
         """Can a fork confine a kernel as well as a cold sandbox would?"""
         return not unavailable(caps) and self.socket.exists()
 
@@ -77,14 +77,14 @@ class Zygote:
         return cls(Path(folder), tuple(info["roots"]))
 
 
-def unavailable(caps: sbx.Capabilities) -> str:
+def unavailable(caps: probe.Capabilities) -> str:
     """'' if this machine may run warm kernels (the zygote's test fork has the last word), else
     why not, in words: one sentence, with the command that fixes it where there is one."""
     if not caps.namespaces:
         return "no bubblewrap sandbox here"
     if caps.cgroup == "systemd":
         return ("each kernel gets a systemd scope of its own, which a fork cannot join; grade from a shell in a "
-                f"scope delegated to you for warm kernels: `{sbx.SYSTEMD_DELEGATE}`")
+                f"scope delegated to you for warm kernels: `{probe.SYSTEMD_DELEGATE}`")
     if caps.cgroup not in ("v1", "v2"):
         return "no cgroup the grader may make here (as root, or in a subtree delegated to you)"
     return ""
@@ -112,11 +112,11 @@ def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: d
 
 
 @contextlib.contextmanager
-def _test_cgroup(caps: sbx.Capabilities):
+def _test_cgroup(caps: probe.Capabilities):
     """A cgroup of the sandboxes' kind for the zygote's test fork to join: the cgroup.procs files,
     open for writing (empty if it cannot be made: the test then tells). Removed after the block."""
     try:
-        group = sbx._Cgroup.create(caps.cgroup, f"grader-sbx-probe-{secrets.token_hex(4)}", None)
+        group = cgroups.Cgroup.create(caps.cgroup, f"grader-sbx-probe-{secrets.token_hex(4)}", None)
     except OSError:
         yield []
         return
@@ -134,10 +134,10 @@ def _test_cgroup(caps: sbx.Capabilities):
             pass
 
 
-def check(caps: sbx.Capabilities | None = None) -> str:
+def check(caps: probe.Capabilities | None = None) -> str:
     """'' if warm kernels work here, else why not: the zygote's test fork alone (no imports, about a
     second), in the zygote's own sandbox, joining a test cgroup."""
-    caps = caps or sbx.probe()
+    caps = caps or probe.probe()
     why = unavailable(caps)
     if why:
         return why
@@ -150,7 +150,7 @@ def check(caps: sbx.Capabilities | None = None) -> str:
             except (OSError, subprocess.TimeoutExpired) as exc:
                 return f"the test fork did not run ({type(exc).__name__}: {exc})"
     finally:
-        sbx._remove_tree(folder)
+        reap.remove_tree(folder)
     said = (done.stdout + done.stderr).strip().splitlines()
     return "" if done.returncode == 0 else "a confined fork failed here: " + (said[-1] if said else
                                                                             f"exit status {done.returncode}")
@@ -162,7 +162,7 @@ def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo, 
     """Run a zygote for the block (None: cold kernels); `env` and `binds` as a kernel's sandbox's;
     `preload`: the modules it imports once (`libraries` says them in words).
     The workers find it through ENV_VAR, which the caller adds to their environment."""
-    caps = sbx.probe()
+    caps = probe.probe()
     why = unavailable(caps)
     if why:
         echo(f"Warm kernels off ({why}): every kernel imports {libraries} itself.")
@@ -194,7 +194,7 @@ def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo, 
             proc.kill()
             proc.wait(timeout=30)
         try:
-            sbx._remove_tree(folder)
+            reap.remove_tree(folder)
         except OSError as exc:
             echo(f"Warm kernels: could not remove {folder} ({exc})")
 
@@ -221,7 +221,7 @@ def _remove_stale(tmp: Path) -> list[Path]:
             continue
         if _owner(pid) != {"pid": pid, "started": started} and not _listening(folder / SOCKET):
             try:
-                sbx._remove_tree(folder)
+                reap.remove_tree(folder)
             except OSError:
                 continue
             removed.append(folder)
@@ -230,10 +230,10 @@ def _remove_stale(tmp: Path) -> list[Path]:
 
 def _listening(path: Path) -> bool:
     """A process still accepts connections on this Unix socket."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(1)
         try:
-            probe.connect(str(path))
+            client.connect(str(path))
             return True
         except OSError:
             return False

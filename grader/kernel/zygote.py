@@ -496,10 +496,9 @@ def _fresh_state(threads_wanted: str | int | None) -> None:
 
 def client(path: str, request_file: str, argv: list[str]) -> int:
     """Ask the zygote for a kernel; live as long as it does (jupyter_client watches this process)."""
-    with open(request_file) as f:
-        request = json.load(f)
+    request = Request.read(request_file)
     request.argv = argv
-    fds = [0, 1, 2] + [os.open(p, os.O_WRONLY) for p in request.pop("cgroup_procs", [])]
+    fds = [0, 1, 2] + [os.open(p, os.O_WRONLY) for p in request.cgroup_procs]
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(path)
     send(conn, asdict(request), fds)
