@@ -40,7 +40,7 @@ from . import collect, lab, report, runner, score, text
 from .course import ROOT, Course, grading_env
 from .course import kernel_spec as course_kernel_spec
 from .jobs import EVIDENCE, GRADEBOOK, LOG, MERGED, BatchFolders, Job, notebook_path
-from .kernel import warm
+from .kernel import sandbox, warm
 from .results import STATUSES, GradingResult
 
 
@@ -234,7 +234,8 @@ def warm_kernels(course: Course, opts: Options, settings: Settings, folders: Bat
     work = folders.work
     env, binds = course_kernel_spec(course, _env(course, opts, settings, work))
     graded = lab.load(course)
-    return warm.start([work], env, binds, work / "zygote.log", echo, graded.PRELOAD, graded.LIBRARIES)
+    return warm.start([work], env, binds, work / "zygote.log", echo, sandbox.Limits.load(course.file),
+                      graded.PRELOAD, graded.LIBRARIES)
 
 
 def _clear(job_dir: Path) -> None:

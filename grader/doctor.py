@@ -12,7 +12,8 @@ import getpass
 import platform
 import sys
 
-from .kernel import probe, warm
+from . import course
+from .kernel import probe, sandbox, warm
 
 WARM = "warm kernels (forks of one process that imported the lab's libraries once)"
 COLD = "cold kernels (each imports the lab's libraries itself: seconds more per submission)"
@@ -80,7 +81,7 @@ def report(caps: probe.Capabilities, warm_why: str) -> tuple[list[str], bool]:
 
 def main() -> int:
     caps = probe.probe()
-    lines, refused = report(caps, warm.check(caps))
+    lines, refused = report(caps, warm.check(sandbox.Limits.load(course.course_file()), caps))
     print("\n".join(lines))
     return 1 if refused else 0
 

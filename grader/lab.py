@@ -23,8 +23,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from typing import TYPE_CHECKING
 
-from .course import Course
+if TYPE_CHECKING:  # course.py loads the lab through this module
+    from .course import Course
 
 
 def load(course: Course):

@@ -23,11 +23,11 @@ import psutil
 from nbgrader import utils as nbu
 
 from . import course as course_mod
+from . import gpu
 from . import repair as repair_mod
 from .course import GRADER_DIR, Course
 from .execute import TIMING_KEY, cell_label, outcome
 from .jobs import EVIDENCE, RESULT, VERIFICATION, Job, JobFolder
-from .kernel import gpu
 from .results import GradingResult, write_json
 
 # Exception names a student knows, for the private ones Python raises in their place.
@@ -199,12 +199,13 @@ def _sandbox(g: Grading, run_dir: Path):
     CUDA), as a fork of the batch's zygote when there is one (kernel/warm.py)."""
     from . import lab
     from .kernel import BOOT
+    from .kernel.probe import probe
     from .kernel.sandbox import Limits, Sandbox
     from .kernel.warm import Zygote
 
     env, binds = course_mod.kernel_spec(g.course, os.environ)
     helpers = {g.course.source_dir / name: name for name in lab.load(g.course).SUPPORT_FILES}
-    return Sandbox(run_dir, Limits.load(g.course.file), env=env, binds=binds, files=helpers, boot=BOOT,
+    return Sandbox(run_dir, Limits.load(g.course.file), probe(), env=env, binds=binds, files=helpers, boot=BOOT,
                    allow_unsafe=g.job.allow_unsafe, zygote=Zygote.from_env(os.environ), manifest_dir=g.folder.path)
 
 

@@ -1,4 +1,4 @@
-"""A notebook written for a GPU, graded on a CPU-only machine (grader/kernel/boot.py, grader/kernel/gpu.py).
+"""A notebook written for a GPU, graded on a CPU-only machine (grader/kernel/boot.py, grader/gpu.py).
 
 (a) the shim, in a fresh Python with GRADER_CUDA_ON_CPU=1 (and without it);
 (b) a real CraftTorch run at a tiny size with CUDA hard-coded everywhere, through a Jupyter
@@ -19,9 +19,9 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from conftest import COURSE, craftlab, reference_answers, run_env
 from gpu_sample import gpu_edits
+from grader.gpu import gpu_reason
 from grader.kernel import boot as kernel_boot
 from grader.kernel.boot import CUDA_ON_CPU
-from grader.kernel.gpu import gpu_reason
 
 BOOT = Path(kernel_boot.__file__).resolve()
 

@@ -84,7 +84,7 @@ def host_files(*folders: Path) -> list[Path]:
 
 
 def limits(**changes) -> Limits:
-    return dataclasses.replace(Limits.load(), **changes)
+    return dataclasses.replace(Limits.load(COURSE_TOML), **changes)
 
 
 def notebook(*sources):
@@ -124,7 +124,7 @@ def run_or_die(sb: Sandbox, *sources, timeout=60) -> list[str] | str:
 def test_limits_come_from_the_sandbox_section_of_course_toml(tmp_path):
     with open(COURSE_TOML, "rb") as f:
         section = tomllib.load(f)["sandbox"]
-    assert dataclasses.asdict(Limits.load()) == section
+    assert dataclasses.asdict(Limits.load(COURSE_TOML)) == section
     bad = tmp_path / "course.toml"
     bad.write_text("[sandbox]\nmemory_mb = 1024\nswap_mb = 3\n")
     with pytest.raises(ValueError, match="unknown \\['swap_mb'\\].*max_processes"):
@@ -349,7 +349,7 @@ from grader.kernel.warm import Zygote
 
 folder = {folder!r}
 zygote = Zygote.from_env({{"GRADER_ZYGOTE": {zygote!r}}}) if {zygote!r} else None
-sb = Sandbox(os.path.join(folder, "run"), Limits.load(), probe(), allow_unsafe=True, zygote=zygote,
+sb = Sandbox(os.path.join(folder, "run"), Limits.load({course!r}), probe(), allow_unsafe=True, zygote=zygote,
              env={{"OMP_NUM_THREADS": "1"}}, manifest_dir=folder)
 os.environ.update(sb.jupyter_env())
 km = KernelManager(config=sb.config(), kernel_name=sb.kernel_name)
@@ -383,7 +383,7 @@ def test_reap_removes_what_a_killed_holder_of_a_sandbox_left(caps, tmp_path, zyg
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("not the sandbox's")
-    script = HOLDER.format(root=str(ROOT), folder=str(folder), zygote=str(zygote_folder or ""), outside=str(outside))
+    script = HOLDER.format(root=str(ROOT), course=str(COURSE_TOML), folder=str(folder), zygote=str(zygote_folder or ""), outside=str(outside))
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
@@ -454,7 +454,7 @@ sys.path.insert(0, {root!r})
 from grader.kernel.probe import probe
 from grader.kernel.sandbox import Limits, Sandbox
 job = {job!r}
-sb = Sandbox(os.path.join(job, "run"), Limits.load(), probe(), allow_unsafe=True, manifest_dir=job)
+sb = Sandbox(os.path.join(job, "run"), Limits.load({course!r}), probe(), allow_unsafe=True, manifest_dir=job)
 json.dump({{"state": str(sb.state), "cgroups": [str(d) for d in (sb.cgroup.dirs if sb.cgroup else [])]}},
           open(os.path.join(job, "info.json"), "w"))
 os.kill(os.getpid(), 9)
@@ -468,7 +468,7 @@ def test_run_job_reaps_the_sandbox_of_a_killed_worker(caps, tmp_path):
     job = tmp_path / "job"
     job.mkdir()
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(root=str(ROOT), job=str(job)))
+    script.write_text(WORKER.format(root=str(ROOT), course=str(COURSE_TOML), job=str(job)))
     result = runner.run_job(job, dict(os.environ), 120, argv=[sys.executable, str(script)])
     assert "killed by signal 9" in result.reason, result
     info = json.loads((job / "info.json").read_text())
@@ -641,7 +641,7 @@ def test_torch_and_tensorflow_import_with_the_default_limits(caps, run_dir, mech
     if mechanism == "cgroup" and caps.cgroup is None:
         pytest.skip(f"no cgroup here ({caps.cgroup_error})")
     used = caps if mechanism == "cgroup" else dataclasses.replace(caps, cgroup=None)  # RLIMIT_AS instead
-    with Sandbox(run_dir, Limits.load(), used, allow_unsafe=True) as sb:
+    with Sandbox(run_dir, Limits.load(COURSE_TOML), used, allow_unsafe=True) as sb:
         out = run(sb, "import torch, torchvision\nimport tensorflow as tf\n"
                       "print(float(tf.reduce_sum(tf.ones((2, 2)))), float(torch.ones(3).sum()))", timeout=180)
     assert out[0] == "4.0 3.0", out

@@ -26,7 +26,7 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import COURSE, ROOT
 from grader import batch, release, score
 from grader.kernel import probe, sandbox
 from grader.samples import write_samples
@@ -42,7 +42,7 @@ from tamper import (
 pytestmark = pytest.mark.slow  # ~12 min on 2 cores
 
 N_IMAGES = 2
-LIMITS = sandbox.Limits.load()
+LIMITS = sandbox.Limits.load(COURSE.file)
 
 
 class _Counter(http.server.BaseHTTPRequestHandler):

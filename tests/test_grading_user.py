@@ -92,6 +92,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 mode, work, secret = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 from grader import batch
+from grader.course import COURSE_FILE
 from grader.kernel import probe, sandbox, warm
 
 caps = probe.probe()
@@ -136,14 +137,14 @@ def run(sb):
     return {"texts": texts, "died": died, "oom_kills": oom, "pids": seen.get("pids", 0),
             "cgroups": [str(d) for d in sb.cgroup.dirs]}
 
-limits = dataclasses.replace(sandbox.Limits.load(), memory_mb=1024)
+limits = dataclasses.replace(sandbox.Limits.load(COURSE_FILE), memory_mb=1024)
 cold_dir = work / "cold" / "run"
 cold_dir.mkdir(parents=True)
 with sandbox.Sandbox(cold_dir, limits, caps, env={"OMP_NUM_THREADS": "1"}) as sb:
     out["cold"] = run(sb)
 lines = []
 (work / "warm").mkdir()
-with warm.start([work / "warm"], {"OMP_NUM_THREADS": "1"}, {}, work / "zygote.log", lines.append) as zygote:
+with warm.start([work / "warm"], {"OMP_NUM_THREADS": "1"}, {}, work / "zygote.log", lines.append, limits) as zygote:
     out["warm_lines"] = lines
     if zygote is not None:
         warm_dir = work / "warm" / "job" / "run"
@@ -151,7 +152,7 @@ with warm.start([work / "warm"], {"OMP_NUM_THREADS": "1"}, {}, work / "zygote.lo
         with sandbox.Sandbox(warm_dir, limits, caps, env={"OMP_NUM_THREADS": "1"}, zygote=zygote) as sb:
             out["warm_fork"] = sb.zygote is not None
             out["warm"] = run(sb)
-out["warm_check"] = warm.check(caps)
+out["warm_check"] = warm.check(limits, caps)
 print(json.dumps(out))
 """
 

@@ -32,7 +32,7 @@ from grader import lab
 from grader.kernel import warm
 from grader.kernel.boot import CUDA_ON_CPU, TF_EAGER
 from grader.kernel.probe import probe
-from grader.kernel.sandbox import Sandbox
+from grader.kernel.sandbox import Limits, Sandbox
 from test_grading_sandbox import (  # noqa: F401  (run again below, with warm kernels)
     host_files,
     limits,
@@ -71,7 +71,7 @@ def zygote(tmp_path_factory):
     data = DATA
     lines = []
     with warm.start([root], {"CRAFT_LAB_OFFLINE": "1", "OMP_NUM_THREADS": "1", CUDA_ON_CPU: "1"}, {data: data},
-                    root.parent / "zygote.log", lines.append, lab.load(COURSE).PRELOAD) as z:
+                    root.parent / "zygote.log", lines.append, Limits.load(COURSE.file), lab.load(COURSE).PRELOAD) as z:
         assert z is not None, lines
         yield z
     shutil.rmtree(DATA, ignore_errors=True)
@@ -188,7 +188,7 @@ def test_a_zygote_that_cannot_start_leaves_the_batch_on_cold_kernels(tmp_path, m
     lines = []
     monkeypatch.setattr(warm, "_command", functools.partial(_broken_command, warm._command))
     started = time.monotonic()
-    with warm.start([tmp_path], {}, {}, tmp_path / "zygote.log", lines.append) as z:
+    with warm.start([tmp_path], {}, {}, tmp_path / "zygote.log", lines.append, Limits.load(COURSE.file)) as z:
         assert z is None
     assert any("Warm kernels off" in line and "start cold" in line for line in lines), lines
     assert time.monotonic() - started < 60
@@ -223,6 +223,7 @@ FAKE_BATCH = """\
 import json, sys, time
 sys.path.insert(0, {root!r})
 from grader.kernel import warm
+from grader.kernel.sandbox import Limits
 
 real = warm._command
 
@@ -233,7 +234,7 @@ def fake(*args, **kwargs):  # the zygote's real sandbox, running a stand-in that
         argv[argv.index("serve") + 1]]
 
 warm._command = fake
-with warm.start([{root_dir!r}], {{}}, {{}}, {log!r}, print) as zygote:
+with warm.start([{root_dir!r}], {{}}, {{}}, {log!r}, print, Limits.load({course!r})) as zygote:
     print(json.dumps({{"folder": str(zygote.folder)}}), flush=True)
     time.sleep(600)
 """
@@ -243,7 +244,7 @@ def test_a_killed_batch_leaves_no_zygote_running_and_the_next_start_removes_its_
     """SIGKILL of the batch process: bubblewrap's --die-with-parent ends the zygote at once; its
     folder stays (nothing of the batch runs any more) until the next warm.start() sweeps it."""
     (tmp_path / "work").mkdir()
-    script = FAKE_BATCH.format(root=str(ROOT), root_dir=str(tmp_path / "work"), log=str(tmp_path / "z.log"))
+    script = FAKE_BATCH.format(root=str(ROOT), course=str(COURSE.file), root_dir=str(tmp_path / "work"), log=str(tmp_path / "z.log"))
     batch = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:

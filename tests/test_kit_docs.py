@@ -12,8 +12,8 @@ import pytest
 from nbgrader.utils import is_locked
 
 from conftest import COURSE, ROOT
-from grader import course as course_mod
 from grader import cells
+from grader import course as course_mod
 from grader.execute import ResilientExecute
 from grader.samples import manual_points, max_points
 

@@ -7,7 +7,6 @@
     warm.py      the batch's zygote (a pre-imported process) and how a worker finds it
     zygote.py    the zygote itself and its confined forks (standalone: runs inside the sandbox)
     boot.py      every grading kernel's entry point: the CPU standing in for CUDA (standalone)
-    gpu.py       errors in an executed notebook that name a GPU
 
 Nothing here knows a lab: what a kernel imports ahead of time and which variables it gets come
 from the caller.

@@ -195,13 +195,13 @@ def reap(folder: Path | str) -> int:
         try:
             left = Leftovers.read(manifest, match[1])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"sandbox.reap: {manifest} ignored ({type(exc).__name__}: {exc})", stacklevel=2)
+            warnings.warn(f"reap: {manifest} ignored ({type(exc).__name__}: {exc})", stacklevel=2)
             continue
         killed += left.kill()
         try:
             left.remove()
         except OSError as exc:
-            warnings.warn(f"sandbox.reap: {exc}; kept {manifest}", stacklevel=2)
+            warnings.warn(f"reap: {exc}; kept {manifest}", stacklevel=2)
             continue
         manifest.unlink(missing_ok=True)
     return killed

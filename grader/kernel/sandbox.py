@@ -1,7 +1,7 @@
 """Confine one submission's Jupyter kernel: the OS-level sandbox around untrusted student code.
 
     caps = probe()                                   # what this machine offers (probe.py)
-    with Sandbox(run_dir, Limits.load(), caps, files={helper: "helper.py"}, manifest_dir=job_dir) as sb:
+    with Sandbox(run_dir, Limits.load(course_file), caps, files={helper: "helper.py"}, manifest_dir=job_dir) as sb:
         os.environ.update(sb.jupyter_env())          # so jupyter finds the sandbox's kernelspec
         ExecutePreprocessor(config=sb.config(), ...).preprocess(nb, {"metadata": {"path": str(run_dir)}})
     # leaving the block kills whatever the submission left running, removes the cgroup and the folders
@@ -62,7 +62,7 @@ from . import MB
 from .cgroups import Cgroup, systemd_prefix
 from .reap import KERNEL_PREFIX, STATE_PREFIX, Leftovers
 
-if TYPE_CHECKING:  # probe.py and warm.py import this module
+if TYPE_CHECKING:  # probe.py and warm.py import this module: their types only
     from .probe import Capabilities
     from .warm import Zygote
 
@@ -127,11 +127,8 @@ class Limits:
             raise ValueError(f"sandbox limits must be positive integers: {', '.join(bad)}")
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Limits:
-        """The [sandbox] section of the course file (grader/course.py course_file())."""
-        from ..course import course_file
-
-        path = path or course_file()
+    def load(cls, path: Path | str) -> Limits:
+        """The [sandbox] section of a course file (the course's: grader/course.py)."""
         with open(path, "rb") as f:
             data = tomllib.load(f).get("sandbox", {})
         names = [f.name for f in fields(cls)]
@@ -253,17 +250,13 @@ class Sandbox:
     Sandbox records what it makes on the host before making it (KERNEL_NAME.json), for reap().
     """
 
-    def __init__(self, run_dir: Path | str, limits: Limits | None = None, caps: Capabilities | None = None,
+    def __init__(self, run_dir: Path | str, limits: Limits, caps: Capabilities,
                  *, env: dict[str, str] | None = None, binds: dict[str | Path, str | Path] | None = None,
                  files: dict[str | Path, str] | None = None, boot: str | Path | None = None,
                  allow_unsafe: bool = False, zygote: Zygote | None = None,
                  manifest_dir: Path | str | None = None):
         self.run_dir = _check_run_dir(Path(run_dir))
-        self.limits = limits or Limits.load()
-        # imported here: probe.py imports this module (its test of bwrap is a sandbox laid out as this one)
-        from . import probe
-
-        self.caps = caps or probe.probe()
+        self.limits, self.caps = limits, caps
         self.off = self.caps.missing()
         if self.off and not allow_unsafe:
             raise SandboxUnavailable(

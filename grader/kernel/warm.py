@@ -1,6 +1,6 @@
-"""Start and stop the batch's zygote (grader/zygote.py), and tell the workers where it is.
+"""Start and stop the batch's zygote (kernel/zygote.py), and tell the workers where it is.
 
-    with warm.start(roots, env, binds, log, echo) as zygote:   # None: cold kernels (echo says why)
+    with warm.start(roots, env, binds, log, echo, limits) as zygote:   # None: cold kernels (echo says why)
         ... workers get {ENV_VAR: zygote.folder} and pass Zygote.from_env() to Sandbox(zygote=...)
 
 A Sandbox uses the zygote only where it can confine a fork as well as a cold kernel: bwrap
@@ -134,9 +134,9 @@ def _test_cgroup(caps: probe.Capabilities):
             pass
 
 
-def check(caps: probe.Capabilities | None = None) -> str:
+def check(limits: sbx.Limits, caps: probe.Capabilities | None = None) -> str:
     """'' if warm kernels work here, else why not: the zygote's test fork alone (no imports, about a
-    second), in the zygote's own sandbox, joining a test cgroup."""
+    second), in the zygote's own sandbox (`limits`: the kernels'), joining a test cgroup."""
     caps = caps or probe.probe()
     why = unavailable(caps)
     if why:
@@ -144,7 +144,7 @@ def check(caps: probe.Capabilities | None = None) -> str:
     folder = Path(tempfile.mkdtemp(prefix="grader-zygcheck-"))
     try:
         with _test_cgroup(caps) as fds:
-            argv = _command(folder, (str(folder),), {}, {}, caps, sbx.Limits.load(), fds, mode="check")
+            argv = _command(folder, (str(folder),), {}, {}, caps, limits, fds, mode="check")
             try:
                 done = subprocess.run(argv, capture_output=True, text=True, timeout=60, pass_fds=fds)
             except (OSError, subprocess.TimeoutExpired) as exc:
@@ -157,9 +157,9 @@ def check(caps: probe.Capabilities | None = None) -> str:
 
 
 @contextlib.contextmanager
-def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo, preload: tuple[str, ...] = (),
-          libraries: str = "its libraries"):
-    """Run a zygote for the block (None: cold kernels); `env` and `binds` as a kernel's sandbox's;
+def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo, limits: sbx.Limits,
+          preload: tuple[str, ...] = (), libraries: str = "its libraries"):
+    """Run a zygote for the block (None: cold kernels); `env`, `binds` and `limits` as a kernel's sandbox's;
     `preload`: the modules it imports once (`libraries` says them in words).
     The workers find it through ENV_VAR, which the caller adds to their environment."""
     caps = probe.probe()
@@ -178,7 +178,7 @@ def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo, 
     try:
         with _test_cgroup(caps) as fds, open(log, "ab") as out:
             proc = subprocess.Popen(_command(folder, all_roots, env | {zyg.PRELOAD_VAR: ",".join(preload)}, binds,
-                                             caps, sbx.Limits.load(), fds),
+                                             caps, limits, fds),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, pass_fds=fds)
             waited = _wait_ready(proc, zygote, log, echo, libraries)  # its test fork has left the test cgroup by then

@@ -31,7 +31,7 @@ right to move with the credentials of whoever opened the file). A warm kernel th
 cgroups the grader makes itself: as root, or in a subtree delegated to its user. Before it
 serves, the zygote tries all of it in a test fork, joining a test cgroup the grader opened for
 it (--join); if anything fails it exits, and the grader starts cold kernels, each in its own
-bubblewrap sandbox (grader/sandbox.py).
+bubblewrap sandbox (kernel/sandbox.py).
 
 This file is standalone on purpose: the zygote runs it inside the sandbox (bound read-only)
 and the client runs it with `python -I -S`: the standard library only at module level.

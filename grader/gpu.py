@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .. import cells
+from . import cells
 
 # Words that only a device problem puts in an error message.
 GPU_WORDS = re.compile(r"cuda|nvidia|cudnn|cublas|nccl|\bgpus?\b", re.IGNORECASE)
