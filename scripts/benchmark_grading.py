@@ -67,9 +67,12 @@ def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, wa
     def echo(line: str) -> None:
         if line.startswith("Grading "):  # the grading phase starts: zygote and reference run done
             grading.append((time.monotonic(), cpu_seconds()))
+        if line.startswith("Graded with: "):  # the kernels the batch really used (warm ones may be off)
+            used.append("warm" if "; warm kernels" in line else "cold")
         print("   ", line, flush=True)
 
     grading: list[tuple[float, float]] = []
+    used: list[str] = []
     started, cpu = time.monotonic(), cpu_seconds()
     result = batch.grade(course, batch.Options(submissions=inbox, out=out, workers=workers, n_images=n_images,
                                                warm=warm, allow_unsafe=allow_unsafe), echo=echo)
@@ -77,7 +80,7 @@ def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, wa
     t0, c0 = grading[0] if grading else (started, cpu)
     done = [r for r in result.results if r.status != "failed"]
     wall = ended - t0
-    return {"wall": wall, "setup": t0 - started, "n": len(result.results),
+    return {"wall": wall, "setup": t0 - started, "n": len(result.results), "kernels": used[0] if used else "?",
             "median": statistics.median(r.seconds for r in result.results),
             "per_hour": 3600 * len(result.results) / wall, "cpu": (cpu_end - c0) / len(result.results),
             "scores": {sid: sum(cells.values()) for sid, cells in result.scores.items()},
@@ -153,8 +156,9 @@ def main() -> int:
                 kind = "warm" if warm else "cold"
                 print(f"Grading {args.k} submissions, {workers} worker(s), {kind} kernels, {n_images} images...",
                       flush=True)
-                runs[kind, workers] = r = grading_mode(course, graded, work / f"out-{kind}-{workers}", workers,
-                                                       n_images, warm, args.allow_unsafe)
+                r = grading_mode(course, graded, work / f"out-{kind}-{workers}", workers, n_images, warm,
+                                 args.allow_unsafe)
+                runs[kind if r["kernels"] == kind else f"{r['kernels']} (warm off)", workers] = r
                 print(f"  {r['per_hour']:.0f} submissions/hour; scores {sorted(set(r['scores'].values()))} of "
                       f"{r['max']:g}; batch set-up (zygote + reference run) {r['setup']:.0f} s", flush=True)
         full = None
