@@ -6,8 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import release
-from .course import ROOT, lab_module, load
+from . import lab, release
+from .course import ROOT, load
 
 
 def cmd_student(args) -> int:
@@ -21,8 +21,7 @@ def cmd_student(args) -> int:
 
 def cmd_record(args) -> int:
     course = load()
-    settings = lab_module(course).Settings.from_env(release.record_env(course))
-    env = f"offline={settings.offline}, {settings.n_images} images"
+    env = lab.load(course).describe(course.source_dir, release.record_env(course))
     print(f"Executing {course.source_notebook.relative_to(ROOT)} in place ({env}) to record "
           "the outputs nbval compares against...")
     seconds = release.record_outputs(course)
@@ -34,10 +33,10 @@ def cmd_check_sync(args) -> int:
     course = load()
     stale = release.stale_files(course)
     if stale:
-        print(f"STALE: notebooks/{course.assignment}/ differs from a fresh generation: "
+        print(f"STALE: {course.release_dir.relative_to(ROOT)}/ differs from a fresh generation: "
               f"{', '.join(stale)}. Run `make student` and commit the result.")
         return 1
-    print(f"OK: notebooks/{course.assignment}/ is in sync with solutions/{course.assignment}/")
+    print(f"OK: {course.release_dir.relative_to(ROOT)}/ is in sync with {course.source_dir.relative_to(ROOT)}/")
     return 0
 
 
@@ -46,10 +45,11 @@ def cmd_demo(args) -> int:
     from . import batch, samples
 
     course = load()
-    chosen = [s for s in samples.DEMO_CLASS if not args.only or s.name in args.only]
-    unknown = set(args.only or ()) - {s.name for s in samples.DEMO_CLASS}
+    demo_class = lab.load(course).DEMO_CLASS
+    chosen = [s for s in demo_class if not args.only or s.name in args.only]
+    unknown = set(args.only or ()) - {s.name for s in demo_class}
     if unknown or not chosen:
-        print(f"--only takes names from the demo class: {', '.join(s.name for s in samples.DEMO_CLASS)}")
+        print(f"--only takes names from the demo class: {', '.join(s.name for s in demo_class)}")
         return 2
     work = ROOT / ".grading" / "demo"  # ignored by git: the demo leaves the working tree as it was
     shutil.rmtree(work, ignore_errors=True)
@@ -57,7 +57,7 @@ def cmd_demo(args) -> int:
     samples.write_samples(chosen, work / "inbox", course.source_notebook, student)
     print(f"Demo class: {', '.join(s.name for s in chosen)} (built from the student notebook in "
           f"{(work / 'inbox').relative_to(ROOT)}/). Grading it offline, as a TA would "
-          "(random weights, synthetic images: this checks the kit, not CRAFT's results)...")
+          "(offline: this checks the kit, not the lab's results)...")
     graded = batch.grade(course, batch.Options(submissions=work / "inbox", out=work / "out",
                                                workers=args.workers, allow_unsafe=args.allow_unsafe))
     return _demo_verdict(course, chosen, graded, work / "out")
@@ -136,8 +136,8 @@ def add_grade_parser(sub) -> None:
                    help="grade even though this machine lacks part of the sandbox (no bubblewrap, no user "
                         "namespaces, no cgroup); what is off is said on screen and in summary.md")
     p.add_argument("--cold-kernels", action="store_true",
-                   help="start every kernel from scratch (each imports torch, TensorFlow and Xplique) instead "
-                        "of forking it from one process that imported them (grader/zygote.py); slower")
+                   help="start every kernel from scratch (each imports the lab's libraries) instead "
+                        "of forking it from one process that imported them (grader/kernel/zygote.py); slower")
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ Layout of the output folder (OUT):
   scores.png                  heatmap of points per test, histogram of totals
   feedback/<student>/<notebook>.html
   nbgrader/                   the main nbgrader folder: gradebook.db, submitted/, autograded/,
-                              feedback/ (use it with CRAFT_LAB_WORK=OUT/nbgrader for formgrader)
+                              feedback/ (use it with GRADER_WORK=OUT/nbgrader for formgrader)
   work/<student>/             one submission's own grading: its gradebook, worker.log, result.json
   collected/                  a copy of the input, archives unpacked
 
@@ -36,11 +36,12 @@ from pathlib import Path
 import nbformat
 from nbgrader import utils as nbu
 
-from . import collect, report, score, text, warm, worker
-from .course import Course, grading_env, lab_module
+from . import collect, lab, report, runner, score, text
+from .course import ROOT, Course, grading_env
+from .course import kernel_spec as course_kernel_spec
+from .jobs import EVIDENCE, GRADEBOOK, LOG, MERGED, BatchFolders, Job, notebook_path
+from .kernel import sandbox, warm
 from .results import STATUSES, GradingResult
-
-MERGED = "merged.json"
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Settings:
     workers: int
     threads: int                           # per kernel, so that the workers share the CPUs
     protections_off: tuple[str, ...] = ()  # what the sandbox cannot do on this machine (allowed)
-    caps: object = None                    # the machine's sandbox.Capabilities, as checked
+    caps: object = None                    # the machine's probe.Capabilities, as checked
 
     def after_reference(self, course: Course, opts: Options, seconds: float) -> "Settings":
         """The per-notebook limit, unless given: a multiple of the reference run's time, within
@@ -83,13 +84,14 @@ class Settings:
     @classmethod
     def resolve(cls, course: Course, opts: Options) -> "Settings":
         n_images = opts.n_images or course.grading_n_images
-        if n_images < 2:
-            raise SystemExit("--n-images must be at least 2: CRAFT's NMF needs at least as many crops "
-                             "(9 per image) as concepts (10)")
+        least = lab.load(course).MIN_IMAGES
+        if n_images < least:
+            raise SystemExit(f"--n-images must be at least {least} for this lab (see its grading package, "
+                             f"grader/labs/{course.assignment}/)")
         workers = opts.workers or os.cpu_count() or 1
-        from . import sandbox
+        from .kernel import probe
 
-        caps = sandbox.probe()
+        caps = probe.probe()
         return cls(n_images, opts.cell_timeout_s or course.batch_cell_timeout_s,
                    opts.notebook_timeout_s or course.notebook_timeout_s, workers,
                    max(1, (os.cpu_count() or 1) // workers), sandbox_check(opts.allow_unsafe, caps), caps)
@@ -99,9 +101,9 @@ def sandbox_check(allow_unsafe: bool, caps=None) -> tuple[str, ...]:
     """What the sandbox cannot do here (`caps`, else probed). Refuses to grade (SystemExit,
     saying what is off and the command that fixes each) unless the TA allowed it explicitly;
     then returns the protections that are off."""
-    from . import sandbox
+    from .kernel import probe
 
-    off = tuple((caps or sandbox.probe()).missing())
+    off = tuple((caps or probe.probe()).missing())
     if off and not allow_unsafe:
         raise SystemExit("Refusing to grade: this machine cannot confine the students' code:\n  - "
                          + "\n  - ".join(off) + "\nFix what is missing (`python -m grader doctor` says the same "
@@ -124,45 +126,10 @@ class Batch:
     waiting: report.Waiting = field(default_factory=dict)     # student -> written answers not graded yet
 
 
-@dataclass
-class Folders:
-    """The output folder's parts (see the module's docstring)."""
-    out: Path
-
-    @property
-    def main(self) -> Path:
-        return self.out / "nbgrader"
-
-    @property
-    def main_db(self) -> Path:
-        return self.main / "gradebook.db"
-
-    @property
-    def template(self) -> Path:
-        return self.out / "work" / "_template"
-
-    def job(self, student: str) -> Path:
-        return self.out / "work" / student
-
-
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
         else f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def prefetch_online(course: Course, env: dict[str, str], echo) -> None:
-    """Online grading: download the images and weights once, before the workers start."""
-    craftlab = lab_module(course)
-    settings = craftlab.Settings.from_env(env)
-    echo(f"Online: caching rabbit.npz in {settings.data_dir} and the ResNet50 weights once...")
-    try:
-        craftlab.load_rabbits(settings)
-        craftlab.load_resnet50(settings)
-    except Exception as exc:
-        raise SystemExit(f"Online grading needs the images and the weights, and getting them failed "
-                         f"({type(exc).__name__}: {exc}). Fix the connection, or grade offline "
-                         "(without --online).") from exc
 
 
 def tests_in_order(course: Course, max_tests: dict[str, float]) -> list[str]:
@@ -188,7 +155,7 @@ def collect_phase(course: Course, opts: Options, out: Path, echo):
     return found, roster or {}
 
 
-def gradebooks_phase(course: Course, folders: Folders, roster: dict) -> dict[str, float]:
+def gradebooks_phase(course: Course, folders: BatchFolders, roster: dict) -> dict[str, float]:
     """An empty template gradebook, and the main one (kept across runs); returns the max points
     of the automatically graded cells (score.manual_max_scores has the written answers')."""
     shutil.rmtree(folders.template, ignore_errors=True)
@@ -211,24 +178,25 @@ def gradebooks_phase(course: Course, folders: Folders, roster: dict) -> dict[str
 REFERENCE = "_reference"  # the reference run's job folder (no student id starts with "_")
 
 
-def _seed(folders: Folders) -> int:
+def _seed(folders: BatchFolders) -> int:
     """The batch's secret seed (probe, secret images): made once per output folder, kept for later
     runs and regrades, in a folder no kernel sees, and given to each kernel only as a capture runs."""
-    path = folders.job(REFERENCE).parent / "seed"
+    path = folders.work / "seed"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(secrets.randbits(31)))
     return int(path.read_text())
 
 
-def reference_phase(course: Course, opts: Options, settings: Settings, folders: Folders, echo,
+def reference_phase(course: Course, opts: Options, settings: Settings, folders: BatchFolders, echo,
                     zygote: warm.Zygote | None = None) -> tuple[Path, float]:
     """Run the reference answers through the very pipeline students go through: the trusted
     evidence every submission is verified against. Returns the reference's job folder and the
     seconds it took."""
     from . import evidence, lab, samples
 
-    job_dir = folders.job(REFERENCE)
+    job = folders.job(REFERENCE)
+    job_dir = job.path
     _clear(job_dir)
     release_nb = folders.template / "release" / course.assignment / f"{course.notebook}.ipynb"
     source = nbformat.read(course.source_notebook, as_version=4)
@@ -236,18 +204,18 @@ def reference_phase(course: Course, opts: Options, settings: Settings, folders: 
     submission.parent.mkdir()
     submission.write_bytes(samples.Sample(REFERENCE).build(nbformat.read(release_nb, as_version=4),
                                                            samples.reference_answers(source)))
-    score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
-    worker.Job(student=REFERENCE, source=str(submission), release=str(release_nb),
+    score.copy_gradebook(folders.template / GRADEBOOK, job.gradebook)
+    Job(student=REFERENCE, source=str(submission), release=str(release_nb),
                cell_timeout_s=settings.cell_timeout_s, allow_unsafe=bool(settings.protections_off),
                seed=_seed(folders)).write(job_dir)
     echo("Reference run: the reference answers through the same sandbox and checks, for verification...")
-    result = worker.run_job(job_dir, _env(course, opts, settings, job_dir, zygote), settings.notebook_timeout_s)
+    result = runner.run_job(job_dir, _env(course, opts, settings, job_dir, zygote), settings.notebook_timeout_s)
     problems = [result.reason] if result.status == "failed" else lab.load(course).reference_problems(
-        evidence.Store(job_dir / worker.EVIDENCE).load(),
-        evidence.displayed(nbformat.read(worker.autograded_path(job_dir, REFERENCE), as_version=4)), _seed(folders))
+        evidence.Store(job.file(EVIDENCE)).load(),
+        evidence.displayed(nbformat.read(job.notebook("autograded", course), as_version=4)), _seed(folders))
     if problems or result.total() < sum(result.max_tests.values()):
         raise SystemExit("The reference answers do not pass in this grading setup, so no submission can be "
-                         f"verified. See {job_dir / worker.LOG}. Problems: {'; '.join(problems) or result.reason}")
+                         f"verified. See {job.file(LOG)}. Problems: {'; '.join(problems) or result.reason}")
     echo(f"Reference run: full marks, evidence verified ({result.seconds:.0f} s).")
     return job_dir, result.seconds
 
@@ -259,19 +227,21 @@ def _env(course: Course, opts: Options, settings: Settings, job_dir: Path,
     return env | ({warm.ENV_VAR: str(zygote.folder)} if zygote else {})
 
 
-def warm_kernels(course: Course, opts: Options, settings: Settings, folders: Folders, wanted: bool, echo):
+def warm_kernels(course: Course, opts: Options, settings: Settings, folders: BatchFolders, wanted: bool, echo):
     """The batch's zygote (a context: None when off), with the kernels' own variables and binds."""
     if not (wanted and opts.warm) or settings.protections_off:
         return contextlib.nullcontext()
-    work = folders.job(REFERENCE).parent
-    env, binds = worker.sandbox_spec(_env(course, opts, settings, work))
-    return warm.start([work], env, binds, work / "zygote.log", echo)
+    work = folders.work
+    env, binds = course_kernel_spec(course, _env(course, opts, settings, work))
+    graded = lab.load(course)
+    return warm.start([work], env, binds, work / "zygote.log", echo, sandbox.Limits.load(course.file),
+                      graded.PRELOAD, graded.LIBRARIES)
 
 
 def _clear(job_dir: Path) -> None:
     """An empty job folder; whatever a killed grading of it left elsewhere (cgroups, socket folders)
     is removed first, from the manifests it left here."""
-    from .sandbox import reap
+    from .kernel.reap import reap
 
     if job_dir.exists():
         reap(job_dir)
@@ -283,22 +253,22 @@ def _wants_regrade(opts: Options, sid: str) -> bool:
     return opts.regrade is True or (isinstance(opts.regrade, list) and sid in opts.regrade)
 
 
-def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folders, found, reference: Path, echo):
+def jobs_phase(course: Course, opts: Options, settings: Settings, folders: BatchFolders, found, reference: Path, echo):
     """Job folders for what needs grading; results kept from an earlier run for the rest."""
     kept: dict[str, GradingResult] = {}
     todo = []
     release_nb = folders.template / "release" / course.assignment / f"{course.notebook}.ipynb"
     seed = _seed(folders)
     for sid, f in sorted(found.submissions.items()):
-        job_dir = folders.job(sid)
+        job_dir = folders.job(sid).path
         if (job_dir / MERGED).exists() and not _wants_regrade(opts, sid):
             previous = GradingResult.read(job_dir / MERGED)
             if previous.sha256 == f.sha256:
                 kept[sid] = previous
                 continue
         _clear(job_dir)
-        score.copy_gradebook(folders.template / "gradebook.db", job_dir / "gradebook.db")
-        worker.Job(student=sid, source=str(f.path), release=str(release_nb), cell_timeout_s=settings.cell_timeout_s,
+        score.copy_gradebook(folders.template / GRADEBOOK, job_dir / GRADEBOOK)
+        Job(student=sid, source=str(f.path), release=str(release_nb), cell_timeout_s=settings.cell_timeout_s,
                    file=f.relpath, sha256=f.sha256, allow_unsafe=bool(settings.protections_off),
                    seed=seed, reference_job=str(reference)).write(job_dir)
         todo.append((sid, f, job_dir))
@@ -308,11 +278,12 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Folde
     return kept, todo
 
 
-def _publish(course: Course, folders: Folders, job_dir: Path, result: GradingResult) -> None:
+def _publish(course: Course, folders: BatchFolders, job_dir: Path, result: GradingResult) -> None:
     """Move one graded submission's files into the main nbgrader folder; link its feedback page."""
-    a, name, student = course.assignment, course.notebook, result.student
+    name, student = course.notebook, result.student
     for kind in ("submitted", "autograded", "feedback"):
-        src, dst = job_dir / kind / student / a, folders.main / kind / student / a
+        src = notebook_path(job_dir, kind, student, course).parent
+        dst = notebook_path(folders.main, kind, student, course).parent
         if dst.exists():
             shutil.rmtree(dst)
         if src.exists():
@@ -321,7 +292,7 @@ def _publish(course: Course, folders: Folders, job_dir: Path, result: GradingRes
     page = folders.out / "feedback" / student / f"{name}.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     page.unlink(missing_ok=True)
-    html = folders.main / "feedback" / student / a / f"{name}.html"
+    html = notebook_path(folders.main, "feedback", student, course, ".html")
     if result.status == "failed" or not html.exists():
         report.failure_feedback(student, name, result.reason or "no feedback was generated", page)
     else:
@@ -334,7 +305,7 @@ def _publish(course: Course, folders: Folders, job_dir: Path, result: GradingRes
 class Merger:
     """Merges finished submissions into the main gradebook, one at a time, and reports progress."""
 
-    def __init__(self, course: Course, folders: Folders, todo: list, roster: dict, tests, max_tests, echo):
+    def __init__(self, course: Course, folders: BatchFolders, todo: list, roster: dict, tests, max_tests, echo):
         self.course, self.folders, self.roster, self.echo = course, folders, roster, echo
         self.tests, self.full = tests, sum(max_tests.values())
         self.total, self.done, self.started = len(todo), 0, time.monotonic()
@@ -348,7 +319,7 @@ class Merger:
             if f.rule not in ("regexp", ""):
                 result.notes.insert(0, f"student id from the {f.rule}")
             ok = result.status in ("graded", "review")
-            score.merge(self.folders.main_db, self.course.assignment, sid, job_dir / "gradebook.db" if ok else None,
+            score.merge(self.folders.main_db, self.course.assignment, sid, job_dir / GRADEBOOK if ok else None,
                         flag=result.status != "graded", info=self.roster.get(sid))
             _publish(self.course, self.folders, job_dir, result)
             result.write(job_dir / MERGED)
@@ -375,7 +346,7 @@ def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, m
         futures = {}
         for sid, f, job_dir in todo:
             env = _env(course, opts, settings, job_dir, zygote)
-            futures[pool.submit(worker.run_job, job_dir, env, settings.notebook_timeout_s, running)] = \
+            futures[pool.submit(runner.run_job, job_dir, env, settings.notebook_timeout_s, running)] = \
                 (sid, f, job_dir)
         pending = set(futures)
         try:
@@ -393,7 +364,7 @@ def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, m
                 fut.cancel()
             with merger.lock:
                 for pid, marker in list(running.values()):
-                    worker.kill_tree(pid, marker)
+                    runner.kill_tree(pid, marker)
             merger.echo(f"Interrupted: {merger.done} submissions were graded and saved in "
                         f"{merger.folders.main_db}. Run the same command again to grade the rest.")
             raise
@@ -416,17 +387,18 @@ def cold_reason(opts: Options, settings: Settings) -> str:
         return "--cold-kernels"
     if settings.protections_off:
         return "warm kernels need every protection on"
-    from . import sandbox
+    from .kernel import probe
 
-    caps = settings.caps or sandbox.probe()
+    caps = settings.caps or probe.probe()
     return warm.unavailable(caps) or "the warm-kernel process did not start (see work/zygote.log)"
 
 
 def graded_with(settings: Settings, opts: Options, warm_used: bool) -> str:
     """One line: the protections and the kind of kernels this batch used."""
-    from . import doctor, sandbox
+    from . import doctor
+    from .kernel import probe
 
-    caps = settings.caps or sandbox.probe()
+    caps = settings.caps or probe.probe()
     return "Graded with: " + doctor.statement(caps, warm_used, "" if warm_used else cold_reason(opts, settings))
 
 
@@ -434,7 +406,7 @@ def graded_with_lines(line: str) -> list[str]:
     return ["", GRADED_WITH, "", line]
 
 
-def report_phase(course: Course, folders: Folders, results: list[GradingResult], tests, max_tests,
+def report_phase(course: Course, folders: BatchFolders, results: list[GradingResult], tests, max_tests,
                  extra: list[str] = (), manual: dict[str, float] | None = None):
     """grades.csv, results.csv, summary.md, scores.png, all read from the main gradebook (so a
     TA's manual scores count everywhere); returns (points, [per-test table, per-student table],
@@ -447,9 +419,10 @@ def report_phase(course: Course, folders: Folders, results: list[GradingResult],
     waiting = {sid: left for sid, by_test in cells.items() if (left := score.waiting(by_test, manual))}
     every = {**max_tests, **manual}
     columns = tests_in_order(course, every)
-    report.export_grades(folders.main, out / "grades.csv")
+    report.export_grades(folders.main, out / "grades.csv", course)
     report.write_results(results, points, columns, every, out / "results.csv", waiting)
-    per_test = report.write_summary(results, points, columns, every, out / "summary.md", extra, waiting, manual)
+    per_test = report.write_summary(results, points, columns, every, out / "summary.md", extra, waiting, manual,
+                                    str(course.source_notebook.relative_to(ROOT)))
     report.plot(results, points, columns, every, out / "scores.png", waiting)
     per_student = report.table_text(report.student_rows(results, points, columns, every, waiting),
                                     report.STUDENT_HEADER)
@@ -475,12 +448,12 @@ def export(course: Course, out: Path, echo=print) -> tuple[report.Points, list[s
     """Rewrite grades.csv, results.csv, summary.md and scores.png of a batch already graded in
     `out` from its main gradebook, after a TA scored the written answers (or corrected a score)
     in formgrader. Grades nothing, runs no notebook."""
-    folders = Folders(Path(out).resolve())
+    folders = BatchFolders(Path(out).resolve())
     if not folders.main_db.exists():
         raise SystemExit(f"{folders.main_db} not found: `python -m grader grade ... --out {out}` first")
     max_tests = score.max_scores(folders.main_db, course.assignment)
     manual = score.manual_max_scores(folders.main_db, course.assignment)
-    results = [GradingResult.read(path) for path in sorted(folders.job("_").parent.glob(f"*/{MERGED}"))]
+    results = [GradingResult.read(path) for path in sorted(folders.work.glob(f"*/{MERGED}"))]
     points, tables, waiting = report_phase(course, folders, results, tests_in_order(course, max_tests), max_tests,
                                            _kept_summary_lines(folders.out / "summary.md"), manual)
     echo(tables[0] + "\n\n" + tables[1])
@@ -494,7 +467,7 @@ def export(course: Course, out: Path, echo=print) -> tuple[report.Points, list[s
 
 def grade(course: Course, opts: Options, echo=print) -> Batch:
     started = time.monotonic()
-    folders = Folders(opts.out.resolve())
+    folders = BatchFolders(opts.out.resolve())
     folders.out.mkdir(parents=True, exist_ok=True)
     settings = Settings.resolve(course, opts)
     for line in unsafe_lines(settings)[1:]:
@@ -504,8 +477,8 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     manual = score.manual_max_scores(folders.main_db, course.assignment)
     tests = tests_in_order(course, max_tests)
     if opts.online:
-        prefetch_online(course, grading_env(course, online=True, n_images=settings.n_images), echo)
-    kept, todo = jobs_phase(course, opts, settings, folders, found, folders.job(REFERENCE), echo)
+        lab.load(course).prefetch(course.source_dir, grading_env(course, online=True, n_images=settings.n_images), echo)
+    kept, todo = jobs_phase(course, opts, settings, folders, found, folders.job(REFERENCE).path, echo)
     merger = Merger(course, folders, todo, roster, tests, max_tests, echo)
     with warm_kernels(course, opts, settings, folders, bool(todo), echo) as zygote:
         if todo:

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from . import archive, text
@@ -36,6 +37,18 @@ COPY_SUFFIX = re.compile(r"\s*\((\d+)\)$")  # "lab5 (1)" from a second download
 COPY_PREFIX = re.compile(r"^(copy of\s+)+", re.I)  # Colab's "Copy of lab5"
 
 
+class FileStatus(str, Enum):
+    """What became of a file found while collecting (collect.csv's status column)."""
+    SUBMISSION = "submission"    # graded: this student's notebook
+    SUPERSEDED = "superseded"    # the same student's other notebook is graded
+    UNMAPPED = "unmapped"        # no student id found: never guessed
+    IGNORED = "ignored"          # not a notebook, or a hidden or system file
+    REFUSED = "refused"          # an archive not unpacked (why: the reason)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Found:
     """One file seen while collecting, and what became of it."""
@@ -43,7 +56,7 @@ class Found:
     relpath: str              # its path relative to the top folder, with /
     student: str | None = None
     rule: str = ""            # which rule mapped it: map, regexp, roster
-    status: str = "unmapped"  # submission, superseded, unmapped, ignored, refused (an archive not unpacked)
+    status: FileStatus = FileStatus.UNMAPPED
     reason: str = ""
     timestamp: str | None = None
     sha256: str = ""
@@ -61,11 +74,11 @@ class Collection:
 
     @property
     def unmapped(self) -> list[Found]:
-        return [f for f in self.files if f.status == "unmapped"]
+        return [f for f in self.files if f.status == FileStatus.UNMAPPED]
 
     @property
     def refused(self) -> list[Found]:
-        return [f for f in self.files if f.status == "refused"]
+        return [f for f in self.files if f.status == FileStatus.REFUSED]
 
 
 @dataclass
@@ -175,7 +188,7 @@ def _regexp_match(relpath: str, named_regexps) -> dict | None:
 
 
 def normalised_stem(name: str) -> str:
-    """'Copy of craft_lab (2).ipynb' -> 'craft_lab'."""
+    """'Copy of lab5 (2).ipynb' -> 'lab5'."""
     stem = name[:-6] if name.lower().endswith(".ipynb") else name
     stem = COPY_PREFIX.sub("", COPY_SUFFIX.sub("", stem.strip())).strip()
     return stem.lower().replace(" ", "_").replace("-", "_")
@@ -201,13 +214,13 @@ def collect(folder: Path, notebook: str, named_regexps=(), roster: dict[str, Stu
         found = Found(path=path, relpath=relpath)
         result.files.append(found)
         if path in refusals:
-            found.status, found.reason = "refused", refusals.pop(path).reason
+            found.status, found.reason = FileStatus.REFUSED, refusals.pop(path).reason
             continue
         if _skipped(rel.parts):
-            found.status, found.reason = "ignored", "hidden or system file"
+            found.status, found.reason = FileStatus.IGNORED, "hidden or system file"
             continue
         if path.suffix.lower() != ".ipynb":
-            found.status, found.reason = "ignored", "not a .ipynb file"
+            found.status, found.reason = FileStatus.IGNORED, "not a .ipynb file"
             continue
         found.sha256 = _sha256(path)
 
@@ -241,22 +254,22 @@ def collect(folder: Path, notebook: str, named_regexps=(), roster: dict[str, Stu
         if roster is not None and sid not in roster:
             found.reason = f"'{sid}' is not in the roster"
             continue
-        found.student, found.rule, found.status = sid, rule, "submission"
+        found.student, found.rule, found.status = sid, rule, FileStatus.SUBMISSION
 
     for r in refusals.values():  # not under `folder` as files: the archive was never copied there
         relpath = Path(os.path.relpath(r.path, folder)).as_posix()
-        result.files.append(Found(path=r.path, relpath=relpath, status="refused", reason=r.reason))
+        result.files.append(Found(path=r.path, relpath=relpath, status=FileStatus.REFUSED, reason=r.reason))
 
     by_student: dict[str, list[Found]] = {}
     for found in result.files:
-        if found.status == "submission":
+        if found.status == FileStatus.SUBMISSION:
             by_student.setdefault(found.student, []).append(found)
     for sid, candidates in sorted(by_student.items()):
         candidates.sort(key=lambda f: _preference(f, notebook))
         chosen = candidates[-1]
         result.submissions[sid] = chosen
         for other in candidates[:-1]:
-            other.status = "superseded"
+            other.status = FileStatus.SUPERSEDED
             other.reason = f"{sid} also submitted {chosen.relpath}, which is graded"
     return result
 

@@ -12,18 +12,19 @@ import getpass
 import platform
 import sys
 
-from . import sandbox, warm
+from . import course
+from .kernel import probe, sandbox, warm
 
-WARM = "warm kernels (forks of one process that imported torch, TensorFlow and Xplique once)"
-COLD = "cold kernels (each imports torch, TensorFlow and Xplique itself: 9-15 s more per submission)"
+WARM = "warm kernels (forks of one process that imported the lab's libraries once)"
+COLD = "cold kernels (each imports the lab's libraries itself: seconds more per submission)"
 
 
-def protections_text(caps: sandbox.Capabilities) -> str:
+def protections_text(caps: probe.Capabilities) -> str:
     """'isolation ON (bubblewrap: ...), memory limit OFF (...), ...'"""
     return ", ".join(f"{name} {'ON' if on else 'OFF'} ({how})" for name, on, how in caps.protections())
 
 
-def statement(caps: sandbox.Capabilities, warm_used: bool, cold_why: str = "") -> str:
+def statement(caps: probe.Capabilities, warm_used: bool, cold_why: str = "") -> str:
     """What a batch runs with, in one line: each protection, and the kind of kernels."""
     kernels = WARM if warm_used else COLD[:-1] + (f"; warm ones are off: {cold_why})" if cold_why else ")")
     return f"{protections_text(caps)}; {kernels}."
@@ -39,7 +40,7 @@ def _fix_lines(fix: str, indent: str) -> list[str]:
         ([f"{indent}{after.strip()}"] if after.strip(" .") else [])
 
 
-def report(caps: sandbox.Capabilities, warm_why: str) -> tuple[list[str], bool]:
+def report(caps: probe.Capabilities, warm_why: str) -> tuple[list[str], bool]:
     """(the lines to print, whether grading would be refused here)."""
     user = getpass.getuser()
     where = f"Linux {'.'.join(map(str, caps.kernel))}" if caps.system == "Linux" else caps.system
@@ -79,8 +80,8 @@ def report(caps: sandbox.Capabilities, warm_why: str) -> tuple[list[str], bool]:
 
 
 def main() -> int:
-    caps = sandbox.probe()
-    lines, refused = report(caps, warm.check(caps))
+    caps = probe.probe()
+    lines, refused = report(caps, warm.check(sandbox.Limits.load(course.course_file()), caps))
     print("\n".join(lines))
     return 1 if refused else 0
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cells
+
 MIME = "application/x-grader-evidence"   # the display message a capture sends
 ERROR_PREFIX = "error."                  # "error.split.g": why the item split.g could not be captured
 ALLOWED_KINDS = "biufU"                  # bool, int, uint, float, unicode: no objects, no pickles
@@ -212,8 +214,7 @@ def displayed(nb) -> dict[str, Displayed]:
     repair puts back when an editor dropped the metadata), else by their cell id."""
     shown = {}
     for cell in nb["cells"]:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        name = (meta.get("grade_id") if isinstance(meta, dict) else None) or cell.get("id")
+        name = cells.name(cell)
         if cell.get("cell_type") != "code" or not name:
             continue
         outputs = cell.get("outputs", [])

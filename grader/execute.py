@@ -27,7 +27,7 @@ from nbformat.v4 import new_code_cell
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Float, Integer, Unicode
 
-from . import evidence
+from . import cells, evidence
 
 # The grader's record of a cell, in that cell's metadata: {"seconds": 12.3, "outcome": "ok"}.
 TIMING_KEY = "grader"
@@ -38,8 +38,7 @@ TRUNCATED = "grader: output truncated"
 MB = 2 ** 20
 
 
-def cell_label(cell, index: int) -> str:
-    return cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {index}"
+cell_label = cells.label
 
 
 def error_output(ename: str, evalue: str) -> NotebookNode:

@@ -1,6 +1,6 @@
 """Tell, in an autograded notebook, the failures that come from the grader having no GPU.
 
-The grading kernel lets the CPU stand in for CUDA (kernel_boot.py), which covers what the lab
+The grading kernel lets the CPU stand in for CUDA (boot.py), which covers what the lab
 and a Colab student usually write. What it does not cover still fails on a CPU-only grader,
 with an error naming CUDA, the NVIDIA driver or a GPU ("Found no NVIDIA driver on your
 system", "Torch not compiled with CUDA enabled", "CUDA error: ...", "Expected all tensors to
@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import re
 
+from . import cells
+
 # Words that only a device problem puts in an error message.
 GPU_WORDS = re.compile(r"cuda|nvidia|cudnn|cublas|nccl|\bgpus?\b", re.IGNORECASE)
 SHOWN = 3  # cells named in the reason
 
 
 def _label(cell, index: int) -> str:
-    meta = cell.get("metadata", {}).get("nbgrader", {}) or {}
-    return meta.get("grade_id") or cell.get("id") or f"cell {index}"
+    return cells.name(cell) or f"cell {index}"
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -35,7 +36,7 @@ def gpu_failures(nb) -> list[tuple[str, str]]:
     for index, cell in enumerate(nb["cells"]):
         if cell.get("cell_type") != "code":
             continue
-        graded = (cell.get("metadata", {}).get("nbgrader", {}) or {}).get("grade", False)
+        graded = bool(cells.nbgrader(cell).get("grade", False))
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 text = f"{out.get('ename', '')}: {out.get('evalue', '')}"

@@ -1,11 +1,12 @@
-"""nbgrader configuration for the CRAFT lab kit.
+"""nbgrader configuration for the kit.
 
 nbgrader reads this file when it runs with grader/ as its working directory (the
-grader package does that). Folder names map onto the kit's layout:
+grader package does that). Folder names come from the course file (grader/course.toml, or
+the one $GRADER_COURSE names):
 
-    source  -> solutions/    (the single source of truth, with solutions and hidden tests)
-    release -> notebooks/    (generated student version, committed)
-    submitted / autograded / feedback / gradebook.db -> $CRAFT_LAB_WORK (default .grading/, ignored)
+    source  -> its `source` folder (solutions/: the single truth, with answers and hidden tests)
+    release -> its `release` folder (notebooks/: the generated student version, committed)
+    submitted / autograded / feedback / gradebook.db -> $GRADER_WORK (default .grading/, ignored)
 """
 import os
 import sys
@@ -21,8 +22,8 @@ WORK = Path(os.environ.get(WORK_VAR, ROOT / ".grading")).resolve()
 
 c.CourseDirectory.course_id = COURSE.course_id
 c.CourseDirectory.root = str(WORK)
-c.CourseDirectory.source_directory = str(ROOT / "solutions")
-c.CourseDirectory.release_directory = str(ROOT / "notebooks")
+c.CourseDirectory.source_directory = str(COURSE.source_root)
+c.CourseDirectory.release_directory = str(COURSE.release_root)
 c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
@@ -38,4 +39,4 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 # only: formgrader keeps its own).
 c.HTMLExporter.preprocessors = ["grader.sanitize.SanitizeNotebook"]
 c.GenerateFeedback.HTMLExporter.template_file = str(Path(__file__).resolve().parent / "templates"
-                                                     / "craft_feedback.html.j2")
+                                                     / "feedback_csp.html.j2")

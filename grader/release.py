@@ -43,12 +43,12 @@ def generate(course: Course, release_root: Path | None = None) -> Path:
     With release_root, writes there instead of notebooks/ (used by the staleness check).
     The gradebook of this run is a throwaway one, so releasing never touches grading data.
     """
-    with tempfile.TemporaryDirectory(prefix="craft-lab-release-") as work:
+    with tempfile.TemporaryDirectory(prefix="grader-release-") as work:
         cmd = [course_mod.tool("nbgrader"), "generate_assignment", course.assignment,
                "--force", "--log-level=WARN"]
         if release_root is not None:
             cmd.append(f"--CourseDirectory.release_directory={release_root}")
-        result = subprocess.run(cmd, cwd=GRADER_DIR, env=course_mod.nbgrader_env(Path(work)),
+        result = subprocess.run(cmd, cwd=GRADER_DIR, env=course_mod.nbgrader_env(Path(work), course),
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"nbgrader generate_assignment failed:\n{result.stdout}\n{result.stderr}")
@@ -64,7 +64,7 @@ def _normalised(path: Path) -> str:
 
 def stale_files(course: Course) -> list[str]:
     """Files of notebooks/<assignment>/ that differ from a fresh generation (empty: in sync)."""
-    with tempfile.TemporaryDirectory(prefix="craft-lab-fresh-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="grader-fresh-") as tmp:
         fresh = generate(course, Path(tmp))
         committed = course.release_dir
         names = sorted({p.relative_to(fresh).as_posix() for p in fresh.rglob("*") if p.is_file()}

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import nbformat
 from nbgrader import utils as nbu
 
+from . import cells
+
 MIN_FOUND = 0.5  # below this share of the provided cells found, it is not this lab's notebook
 SIMILAR = 0.6    # an unmatched cell this similar to a provided one is that cell, edited
 
@@ -41,9 +43,7 @@ class Repaired:
     error: str | None = None
 
 
-def _gid(cell) -> str | None:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    return meta.get("grade_id") if isinstance(meta, dict) else None
+_gid = cells.grade_id
 
 
 def _norm(source: str) -> str:

@@ -104,11 +104,15 @@ def _error(outputs: list) -> str:
 
 def run(requests: list[Request], source: str, context: dict, sandbox, run_dir: Path, timeout_s: int,
         log=None) -> Replayed:
-    """Run the requests in a kernel of `sandbox` (a grader.sandbox.Sandbox, entered), cwd run_dir."""
+    """Run the requests in a kernel of `sandbox` (a grader.kernel.sandbox.Sandbox, entered), cwd run_dir."""
     import os
 
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbclient.exceptions import (
+        CellExecutionError,
+        CellTimeoutError,
+        DeadKernelError,
+    )
 
     if not requests:
         return Replayed()

@@ -32,11 +32,11 @@ Points = dict[str, dict[str, float]]
 Waiting = dict[str, list[str]]
 
 
-def export_grades(main_work: Path, dest: Path) -> None:
+def export_grades(main_work: Path, dest: Path, course=None) -> None:
     """grades.csv through `nbgrader export` (CsvExportPlugin)."""
     tmp = dest.with_name(dest.name + ".tmp")
     proc = subprocess.run([course_mod.tool("nbgrader"), "export", f"--to={tmp}", "--log-level=WARN"],
-                          cwd=GRADER_DIR, env=course_mod.nbgrader_env(main_work),
+                          cwd=GRADER_DIR, env=course_mod.nbgrader_env(main_work, course),
                           capture_output=True, text=True)
     if proc.returncode != 0 or not tmp.exists():
         raise RuntimeError(f"nbgrader export failed:\n{proc.stdout}\n{proc.stderr}")
@@ -130,7 +130,8 @@ def table_text(rows: list[list[str]], header: list[str] = SUMMARY_HEADER) -> str
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def waiting_lines(results: list[GradingResult], waiting: Waiting, manual: dict[str, float], out: Path) -> list[str]:
+def waiting_lines(results: list[GradingResult], waiting: Waiting, manual: dict[str, float], out: Path,
+                  source: str = "the source notebook") -> list[str]:
     """summary.md's section on the written answers: how many wait for a person, and the TA's path."""
     if not manual:
         return []
@@ -144,9 +145,9 @@ def waiting_lines(results: list[GradingResult], waiting: Waiting, manual: dict[s
         f"{answers} written answers in {len(left)} submissions wait for a TA ({cells}: graded by a person, "
         "never automatically). They are not failures: until a TA scores them they count 0 in the totals "
         "above, in `grades.csv` and in `results.csv` (column `waiting_manual` lists them).", "",
-        f"To grade them: `cd grader && CRAFT_LAB_WORK={out / 'nbgrader'} ../.venv/bin/jupyter lab`, open "
+        f"To grade them: `cd grader && GRADER_WORK={out / 'nbgrader'} ../.venv/bin/jupyter lab`, open "
         "nbgrader's *Formgrader* (menu *Nbgrader*, or /formgrader), *Manual Grading*, and score each answer "
-        "with its rubric (in the answer cells of the source notebook, solutions/craft_lab/craft_lab.ipynb, "
+        f"with its rubric (in the answer cells of the source notebook, {source}, "
         "which students never get); then "
         f"`.venv/bin/python -m grader export --out {out}` rewrites grades.csv, results.csv, this summary and "
         "scores.png from the gradebook. Details: grader/README-TA.md, *Written answers*.", "",
@@ -156,7 +157,7 @@ def waiting_lines(results: list[GradingResult], waiting: Waiting, manual: dict[s
 
 def write_summary(results: list[GradingResult], scores: Points, tests: list[str], max_tests: dict[str, float],
                   dest: Path, extra: list[str] = (), waiting: Waiting | None = None,
-                  manual: dict[str, float] | None = None) -> str:
+                  manual: dict[str, float] | None = None, source: str = "the source notebook") -> str:
     rows = summary_rows(results, scores, tests, max_tests, waiting)
     counts = {s: sum(1 for r in results if r.status == s) for s in STATUSES}
     md = [f"# Grading summary: {len(results)} submissions", "",
@@ -168,7 +169,7 @@ def write_summary(results: list[GradingResult], scores: Points, tests: list[str]
         md += ["", "## Needs a look", "", "| student | status | score | reason |", "|---|---|---|---|"]
         md += [f"| {text.markdown_cell(r.student)} | {r.status} | {_fmt(total(scores, r.student, tests))} | "
                f"{text.markdown_cell(r.reason)} |" for r in problems]
-    md += waiting_lines(results, waiting or {}, manual or {}, dest.parent)
+    md += waiting_lines(results, waiting or {}, manual or {}, dest.parent, source)
     md += [*extra, ""]
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.write_text("\n".join(md), encoding="utf-8")

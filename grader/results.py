@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 
-STATUSES = ("graded", "review", "failed")
+
+class Status(str, Enum):
+    """What became of a submission: graded normally, graded but a person should look, or not gradable."""
+    GRADED = "graded"
+    REVIEW = "review"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(Status)
 # The worker's stages, in order (GradingResult.stage_seconds; scripts/benchmark_grading.py prints them).
 STAGES = {
     "worker_start": "worker process start and imports (Python, nbgrader)",
@@ -30,7 +42,7 @@ STAGES = {
 @dataclass
 class GradingResult:
     student: str
-    status: str = "failed"                 # one of STATUSES
+    status: Status = Status.FAILED
     reason: str = ""                       # why review or failed, one line
     notes: list[str] = field(default_factory=list)    # worth knowing, no action needed
     review: list[str] = field(default_factory=list)   # what a person should look at
@@ -45,16 +57,15 @@ class GradingResult:
     worker_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
+        self.status = Status(self.status)  # a plain string read back from JSON, or a typo (ValueError)
 
     @classmethod
     def failure(cls, student: str, reason: str, **kw) -> "GradingResult":
-        return cls(student=student, status="failed", reason=reason, **kw)
+        return cls(student=student, status=Status.FAILED, reason=reason, **kw)
 
     def conclude(self) -> "GradingResult":
         """Set the status from what was found: review when anything needs a person."""
-        self.status = "review" if self.review else "graded"
+        self.status = Status.REVIEW if self.review else Status.GRADED
         self.reason = "; ".join(self.review)
         return self
 

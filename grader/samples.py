@@ -6,7 +6,8 @@ a last transformation of the file (delete a cell, strip metadata, break the JSON
 it). `lost` says how many points each graded cell loses against full marks; full marks per
 cell come from the notebook's metadata.
 
-`make demo` grades DEMO_CLASS; tests/submissions.py holds the full table the tests grade.
+`make demo` grades the lab's DEMO_CLASS (grader/labs/<lab>/samples.py); the tests grade tables
+of their own (tests/submissions.py).
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ class Sample:
     lost_after: str | None = None               # every graded cell after this cell scores 0 too
     blank: bool = False                         # start from the blank student notebook
     transform: Callable[[dict], bytes] | None = None
-    filename: str = "craft_lab.ipynb"
+    filename: str = ""                          # the file's name ("": the lab's notebook name)
     status: str = "graded"                      # graded, review or failed
     says: str = ""                              # in the reason or the notes
 
@@ -133,29 +134,13 @@ class Sample:
 
 
 
-# The handout's h: a fresh, untrained classifier head (the kit's first correction).
-HANDOUT_H = """children = list(model.children())
-g = nn.Sequential(*children[:8])
-h = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Dropout(p=0.0),
-                  nn.Linear(in_features=2048, out_features=1000, bias=True), nn.Identity())
-h = h.to(device)"""
-
-# A small class: what `make demo` grades through the batch grader, as a TA would.
-DEMO_CLASS = [
-    Sample("reference"),
-    Sample("blank", blank=True, lost=ALL, says="not answered: answer_eval"),
-    Sample("handout_h", {"answer_split": HANDOUT_H}, {"check_h": 2}),
-    Sample("train_mode", {"answer_eval": "# model.eval()  (forgotten, as in the handout)"},
-           {"check_eval": 1, "check_model_untouched": 1}),
-]
-
-
 def write_samples(samples: list[Sample], folder: Path, source_path: Path, student_path: Path) -> None:
-    """One folder per student id, as TAs receive them: <folder>/<name>/<filename>."""
+    """One folder per student id, as TAs receive them: <folder>/<name>/<filename> (by default
+    the student notebook's own name)."""
     source = nbformat.read(source_path, as_version=4)
     student = nbformat.read(student_path, as_version=4)
     answers = reference_answers(source)
     for sample in samples:
-        dest = folder / sample.name / sample.filename
+        dest = folder / sample.name / (sample.filename or student_path.name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(sample.build(student, answers))

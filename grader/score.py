@@ -48,7 +48,7 @@ def prepare_gradebook(course: Course, work: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     cmd = [course_mod.tool("nbgrader"), "generate_assignment", course.assignment, "--force",
            "--log-level=WARN", f"--CourseDirectory.release_directory={work / 'release'}"]
-    proc = subprocess.run(cmd, cwd=GRADER_DIR, env=course_mod.nbgrader_env(work), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=GRADER_DIR, env=course_mod.nbgrader_env(work, course), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"could not prepare the gradebook in {work}:\n{proc.stderr}")
     return work / "gradebook.db"

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable
 
+from . import cells
+
 
 class Basis(str, Enum):
     REFERENCE = "reference"    # the trusted reference run's evidence, same secret inputs
@@ -121,7 +123,7 @@ def annotate(nb, verdicts: dict[str, Verdict]) -> int:
 
     annotated = 0
     for cell in nb.cells:
-        verdict = verdicts.get(cell.get("metadata", {}).get("nbgrader", {}).get("grade_id"))
+        verdict = verdicts.get(cells.grade_id(cell))
         if verdict is None or verdict.passed:
             continue
         lines = [f"  - {line}" for line in verdict.reasons()]

@@ -12,7 +12,9 @@
    sandboxes included) and the ratio of seconds per submission to the import floor.
 3. The per-stage profile: the median over the submissions of each worker stage
    (grader/results.py STAGES) and of the slowest cells.
-4. --cold: the same with cold kernels (--cold-kernels), to show what warm kernels save.
+4. --cold: the same with cold kernels (--cold-kernels), to show what warm kernels save;
+   --allow-unsafe: grade where part of the sandbox is missing (what a TA's machine without a
+   writable cgroup gives), to measure it.
 5. --full-k N: plain sequential `nbgrader autograde` of N submissions at full size (300 images), the peer.
 Nothing is asserted: it is a measurement. Run it on a quiet machine.
 """
@@ -32,11 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from grader import batch, release, score  # noqa: E402
+from grader import batch, lab, release, score  # noqa: E402
 from grader import course as course_mod  # noqa: E402
 from grader.course import GRADER_DIR  # noqa: E402
 from grader.results import STAGES  # noqa: E402
-from grader.samples import DEMO_CLASS, write_samples  # noqa: E402
+from grader.samples import write_samples  # noqa: E402
 
 IMPORTS = "import torch, torchvision, tensorflow, xplique.concepts"
 
@@ -60,21 +62,25 @@ def import_floor(runs: int = 3) -> float:
     return statistics.median(times)
 
 
-def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, warm: bool) -> dict:
+def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, warm: bool,
+                 allow_unsafe: bool = False) -> dict:
     def echo(line: str) -> None:
         if line.startswith("Grading "):  # the grading phase starts: zygote and reference run done
             grading.append((time.monotonic(), cpu_seconds()))
+        if line.startswith("Graded with: "):  # the kernels the batch really used (warm ones may be off)
+            used.append("warm" if "; warm kernels" in line else "cold")
         print("   ", line, flush=True)
 
     grading: list[tuple[float, float]] = []
+    used: list[str] = []
     started, cpu = time.monotonic(), cpu_seconds()
     result = batch.grade(course, batch.Options(submissions=inbox, out=out, workers=workers, n_images=n_images,
-                                               warm=warm), echo=echo)
+                                               warm=warm, allow_unsafe=allow_unsafe), echo=echo)
     ended, cpu_end = time.monotonic(), cpu_seconds()
     t0, c0 = grading[0] if grading else (started, cpu)
     done = [r for r in result.results if r.status != "failed"]
     wall = ended - t0
-    return {"wall": wall, "setup": t0 - started, "n": len(result.results),
+    return {"wall": wall, "setup": t0 - started, "n": len(result.results), "kernels": used[0] if used else "?",
             "median": statistics.median(r.seconds for r in result.results),
             "per_hour": 3600 * len(result.results) / wall, "cpu": (cpu_end - c0) / len(result.results),
             "scores": {sid: sum(cells.values()) for sid, cells in result.scores.items()},
@@ -115,6 +121,8 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=6, help="submissions graded per configuration (default 6)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default 1 2)")
     parser.add_argument("--cold", action="store_true", help="also grade with cold kernels (--cold-kernels)")
+    parser.add_argument("--allow-unsafe", action="store_true",
+                        help="grade where this machine lacks part of the sandbox, as `grade --allow-unsafe` does")
     parser.add_argument("--full-k", type=int, default=0, help="submissions autograded plainly at full size (default 0)")
     parser.add_argument("--n-images", type=int, default=None, help="grading-mode images (default: course.toml)")
     parser.add_argument("--full-cell-timeout", type=int, default=3600,
@@ -123,11 +131,11 @@ def main() -> int:
     args = parser.parse_args()
     course = course_mod.load()
     n_images = args.n_images or course.grading_n_images
-    work = args.keep or Path(tempfile.mkdtemp(prefix="craft-lab-bench-"))
+    work = args.keep or Path(tempfile.mkdtemp(prefix="grader-bench-"))
     started = time.monotonic()
     try:
         student = release.generate(course, work / "release") / f"{course.notebook}.ipynb"
-        reference = next(s for s in DEMO_CLASS if s.name == "reference")
+        reference = next(s for s in lab.load(course).DEMO_CLASS if s.name == "reference")
         inbox = work / "inbox"
         write_samples([reference], inbox, course.source_notebook, student)
         students = [f"s{i:02d}" for i in range(1, max(args.k, args.full_k) + 1)]
@@ -148,8 +156,9 @@ def main() -> int:
                 kind = "warm" if warm else "cold"
                 print(f"Grading {args.k} submissions, {workers} worker(s), {kind} kernels, {n_images} images...",
                       flush=True)
-                runs[kind, workers] = r = grading_mode(course, graded, work / f"out-{kind}-{workers}", workers,
-                                                       n_images, warm)
+                r = grading_mode(course, graded, work / f"out-{kind}-{workers}", workers, n_images, warm,
+                                 args.allow_unsafe)
+                runs[kind if r["kernels"] == kind else f"{r['kernels']} (warm off)", workers] = r
                 print(f"  {r['per_hour']:.0f} submissions/hour; scores {sorted(set(r['scores'].values()))} of "
                       f"{r['max']:g}; batch set-up (zygote + reference run) {r['setup']:.0f} s", flush=True)
         full = None

@@ -4,7 +4,7 @@
 devices ('cuda', torch.device('cuda'), torch.device('cuda:0')), modules and tensors moved
 with .cuda() / .to('cuda'), and the usual torch.cuda calls (empty_cache, synchronize,
 manual_seed_all). Every answer stays correct on a GPU: the sample must get full marks from a
-CPU-only grader whose kernel lets the CPU stand in for CUDA (grader/kernel_boot.py).
+CPU-only grader whose kernel lets the CPU stand in for CUDA (grader/kernel/boot.py).
 Images stay on the CPU (Task 4 and the plots require it, on a GPU too).
 """
 from __future__ import annotations

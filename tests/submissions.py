@@ -11,8 +11,19 @@ import nbformat
 
 from gpu_sample import gpu_edits
 from grader.course import load
-from grader.samples import (ALL, DEMO_CLASS, HANDOUT_H, Sample, delete_cells, max_points,  # noqa: F401
-                            one_big_cell, reference_answers, strip_nbgrader, then, truncate, write_samples)
+from grader.labs.craft_lab.samples import DEMO_CLASS, HANDOUT_H  # noqa: F401
+from grader.samples import (  # noqa: F401
+    ALL,
+    Sample,
+    delete_cells,
+    max_points,
+    one_big_cell,
+    reference_answers,
+    strip_nbgrader,
+    then,
+    truncate,
+    write_samples,
+)
 
 SPLIT = """children = list(model.children())
 g = nn.Sequential(*children[:{n}])

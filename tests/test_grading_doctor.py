@@ -1,5 +1,5 @@
 """What a TA is told on each kind of machine (`python -m grader doctor`, the refusal to grade, the
-batch's statement): machines described by hand as sandbox.probe() would find them, so that every
+batch's statement): machines described by hand as probe.probe() would find them, so that every
 kind is checked here whatever this machine is. Then the cgroup v2 delegation on a fake hierarchy.
 Quick: no kernel runs (one test runs the real doctor on this machine)."""
 from __future__ import annotations
@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from grader import batch, doctor, sandbox, warm
-from grader.sandbox import SYSTEMD_DELEGATE, V1_DELEGATE, V2_DELEGATE, Capabilities
+from grader import batch, doctor
+from grader.kernel import cgroups, probe, warm
+from grader.kernel.probe import (
+    SYSTEMD_DELEGATE,
+    V1_DELEGATE,
+    V2_DELEGATE,
+    Capabilities,
+)
 
 DEBIAN = Capabilities(
     bwrap="/usr/bin/bwrap", namespaces=True, namespaces_error="", cgroup="v1", cgroup_error="", root=False,
@@ -66,10 +72,10 @@ def test_ubuntu_24_04_is_told_the_apparmor_profile_for_bwrap(tmp_path):
     gap = UBUNTU.gaps()[0]
     assert gap.what.startswith("no isolation") and "setting up uid map" in gap.what
     [command] = commands(gap.fix)
-    assert "Ubuntu 24.04" in gap.fix and command == sandbox.apparmor_command("/usr/bin/bwrap")
+    assert "Ubuntu 24.04" in gap.fix and command == probe.apparmor_command("/usr/bin/bwrap")
     # the command, run with a stand-in for sudo, writes exactly this profile and loads it
     target = tmp_path / "bwrap"
-    fake = command.replace(sandbox.APPARMOR_FILE, str(target))
+    fake = command.replace(probe.APPARMOR_FILE, str(target))
     loaded = tmp_path / "loaded"
     done = subprocess.run(["bash", "-c", f'sudo() {{ if [ "$1" = apparmor_parser ]; then echo "$@" > {loaded}; '
                                          f'else "$@"; fi; }}\n{fake}'], capture_output=True, text=True)
@@ -123,7 +129,7 @@ def test_no_cgroup_gives_the_delegation_command_for_this_kind_of_system():
     assert "cgroup.subtree_control" in commands(root_v2.gaps()[0].fix)[0]
     assert "RLIMIT_NPROC never applies to root" in root_v2.missing()[1]
     assert "container" in dataclasses.replace(NO_CGROUP_V1, root=True, container=True).gaps()[0].fix
-    for command in (V1_DELEGATE, V2_DELEGATE, SYSTEMD_DELEGATE, sandbox.apparmor_command()):
+    for command in (V1_DELEGATE, V2_DELEGATE, SYSTEMD_DELEGATE, probe.apparmor_command()):
         assert subprocess.run(["bash", "-n", "-c", command]).returncode == 0, command  # valid shell
 
 
@@ -135,7 +141,7 @@ def test_macos_is_refused_and_told_what_allow_unsafe_leaves(monkeypatch, capsys)
     assert any(re.match(r"\s+isolation\s+OFF", line) for line in lines)
     assert any(re.match(r"\s+kernels\s+COLD\s+with --allow-unsafe only", line) for line in lines)
     assert any(re.match(r"\s+CPU time and file size limits\s+ON", line) for line in lines)
-    monkeypatch.setattr(sandbox, "probe", lambda *a, **k: MACOS)
+    monkeypatch.setattr(probe, "probe", lambda *a, **k: MACOS)
     assert doctor.main() == 1
     assert "Grading on this machine: macOS" in capsys.readouterr().out
     said = doctor.statement(MACOS, False, batch.cold_reason(batch.Options(Path("."), Path(".")),
@@ -162,7 +168,7 @@ def test_the_batch_says_what_it_graded_with_and_export_keeps_it(tmp_path):
 def test_the_doctor_on_this_machine_agrees_with_the_probe():
     done = subprocess.run([sys.executable, "-m", "grader", "doctor"], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
-    caps = sandbox.probe()
+    caps = probe.probe()
     assert done.returncode == (1 if caps.missing() else 0), done.stdout + done.stderr
     assert done.stdout.startswith("Grading on this machine:") and "Verdict:" in done.stdout
     for name, on, _ in caps.protections():
@@ -185,31 +191,31 @@ def fake_v2(tmp_path, monkeypatch):
         for path in [top, *top.iterdir()]:
             os.chown(path, 4242, 4242)
     uid = os.stat(top).st_uid
-    monkeypatch.setattr(sandbox, "CGROUP_ROOT", root)
-    monkeypatch.setattr(sandbox.os, "geteuid", lambda: uid if uid else 4242)
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cgroups.os, "geteuid", lambda: uid if uid else 4242)
     own = {"path": "/craft-lab-ta"}
-    monkeypatch.setattr(sandbox, "_own_cgroup", lambda controller: own["path"])
+    monkeypatch.setattr(cgroups, "own_cgroup", lambda controller: own["path"])
     return root, top, own
 
 
 def test_a_delegated_v2_cgroup_is_made_ready_then_holds_the_sandboxes(fake_v2):
     root, top, own = fake_v2
-    assert sandbox._v2_parent() == top
-    leaf = top / sandbox.V2_LEAF
+    assert cgroups.v2_parent() == top
+    leaf = top / cgroups.V2_LEAF
     assert leaf.is_dir() and (leaf / "cgroup.procs").read_text() == "102"  # each pid moved (a file keeps the last)
     assert (top / "cgroup.subtree_control").read_text() == "+memory +pids"
-    own["path"] = f"/craft-lab-ta/{sandbox.V2_LEAF}"  # where the grader now runs: its workers find the same folder
+    own["path"] = f"/craft-lab-ta/{cgroups.V2_LEAF}"  # where the grader now runs: its workers find the same folder
     (top / "cgroup.subtree_control").write_text("memory pids")
-    assert sandbox._v2_parent() == top
-    plan = sandbox._Cgroup.plan("v2", "craft-sandbox-x", sandbox.PROBE_LIMITS)
-    assert plan == {top / "craft-sandbox-x": {"memory.max": 256 * 2 ** 20, "memory.swap.max": 0, "pids.max": 64}}
+    assert cgroups.v2_parent() == top
+    plan = cgroups.Cgroup.plan("v2", "grader-sandbox-x", probe.PROBE_LIMITS)
+    assert plan == {top / "grader-sandbox-x": {"memory.max": 256 * 2 ** 20, "memory.swap.max": 0, "pids.max": 64}}
 
 
 def test_a_v2_cgroup_not_delegated_is_refused_with_why(fake_v2, monkeypatch):
     root, top, own = fake_v2
     (top / "cgroup.controllers").write_text("pids\n")
     with pytest.raises(OSError, match="not given the memory controller"):
-        sandbox._v2_parent()
+        cgroups.v2_parent()
     (top / "cgroup.controllers").write_text("memory pids\n")
     scope = top / "run-u7.scope"
     scope.mkdir()
@@ -219,11 +225,11 @@ def test_a_v2_cgroup_not_delegated_is_refused_with_why(fake_v2, monkeypatch):
         for path in [scope, *scope.iterdir()]:
             os.chown(path, os.stat(top).st_uid, -1)
     own["path"] = "/craft-lab-ta/run-u7.scope"
-    monkeypatch.setattr(sandbox, "_systemd_delegated", lambda unit: False)
+    monkeypatch.setattr(cgroups, "systemd_delegated", lambda unit: False)
     with pytest.raises(OSError, match="systemd's run-u7.scope.*Delegate=yes"):
-        sandbox._v2_parent()
-    monkeypatch.setattr(sandbox, "_systemd_delegated", lambda unit: unit.name == "run-u7.scope")
-    assert sandbox._v2_parent() == scope
+        cgroups.v2_parent()
+    monkeypatch.setattr(cgroups, "systemd_delegated", lambda unit: unit.name == "run-u7.scope")
+    assert cgroups.v2_parent() == scope
     own["path"] = "/"
     with pytest.raises(OSError, match="root of the hierarchy"):
-        sandbox._v2_parent()
+        cgroups.v2_parent()

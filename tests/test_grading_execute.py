@@ -14,9 +14,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from conftest import run_env
-from grader import worker
-from grader.results import GradingResult
+from grader import jobs, pipeline, runner
 from grader.execute import ResilientExecute
+from grader.results import GradingResult
 
 
 def execute(tmp_path, *sources, timeout=5):
@@ -45,9 +45,9 @@ def test_a_dying_kernel_costs_only_the_cells_after_it(tmp_path):
     assert outputs[0] == [("stream", None, "before")]
     assert outputs[1][-1][:2] == ("error", "KernelDied")
     assert outputs[2][0][:2] == ("error", "NotRun")
-    notes, review = worker._cell_problems(nb, 5)
+    notes, review = pipeline._cell_problems(nb, 5)
     assert review == ["the kernel died in c1: the cells after it were not run"]
-    assert set(worker.cell_seconds(nb)) == {"c0", "c1"}, "the cell not run has no time"
+    assert set(pipeline.cell_seconds(nb)) == {"c0", "c1"}, "the cell not run has no time"
 
 
 def test_a_kernel_ignoring_the_interrupt_is_stopped(tmp_path):
@@ -56,7 +56,7 @@ def test_a_kernel_ignoring_the_interrupt_is_stopped(tmp_path):
                       "print('after')", timeout=3)
     assert outputs[0][-1][:2] == ("error", "KernelUnresponsive")
     assert outputs[1][0][:2] == ("error", "NotRun")
-    assert worker._cell_problems(nb, 3)[1] == ["the kernel stopped responding in c0 and was stopped; "
+    assert pipeline._cell_problems(nb, 3)[1] == ["the kernel stopped responding in c0 and was stopped; "
                                                "the cells after it were not run"]
     assert time.monotonic() - started < 60
 
@@ -67,7 +67,7 @@ def _spawn_family(marker: str) -> tuple[subprocess.Popen, int]:
             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
             "print(p.pid, flush=True)\n"
             "time.sleep(600)\n")
-    env = dict(os.environ, **{worker.MARKER: marker})
+    env = dict(os.environ, **{runner.MARKER: marker})
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     return proc, int(proc.stdout.readline())
@@ -75,7 +75,7 @@ def _spawn_family(marker: str) -> tuple[subprocess.Popen, int]:
 
 def test_kill_tree_finds_children_in_other_sessions(tmp_path):
     proc, grandchild = _spawn_family("test-marker-1")
-    killed = worker.kill_tree(proc.pid, "test-marker-1")
+    killed = runner.kill_tree(proc.pid, "test-marker-1")
     assert killed == 2
     proc.wait(timeout=10)
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
@@ -86,7 +86,7 @@ def test_run_job_kills_a_submission_past_the_notebook_limit(tmp_path):
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
             "time.sleep(600)\n")
     started = time.monotonic()
-    result = worker.run_job(tmp_path, run_env(), timeout_s=3, argv=[sys.executable, "-c", code])
+    result = runner.run_job(tmp_path, run_env(), timeout_s=3, argv=[sys.executable, "-c", code])
     assert time.monotonic() - started < 30
     assert result.status == "failed" and "killed after 3 s" in result.reason
     left = [p for p in psutil.process_iter(["pid"]) if _marked(p, tmp_path.name)]
@@ -95,30 +95,30 @@ def test_run_job_kills_a_submission_past_the_notebook_limit(tmp_path):
 
 def _marked(proc, name) -> bool:
     try:
-        return proc.environ().get(worker.MARKER, "").startswith(f"{name}-")
+        return proc.environ().get(runner.MARKER, "").startswith(f"{name}-")
     except psutil.Error:
         return False
 
 
 def test_run_job_reports_a_worker_that_died_without_a_result(tmp_path):
-    result = worker.run_job(tmp_path, run_env(), timeout_s=30, argv=[sys.executable, "-c", "import os; os._exit(3)"])
+    result = runner.run_job(tmp_path, run_env(), timeout_s=30, argv=[sys.executable, "-c", "import os; os._exit(3)"])
     assert result.status == "failed" and "exit status 3" in result.reason
 
 
 def test_run_job_reads_the_worker_result(tmp_path):
-    code = (f"import json; open({str(tmp_path / worker.RESULT)!r}, 'w').write(json.dumps("
+    code = (f"import json; open({str(tmp_path / jobs.RESULT)!r}, 'w').write(json.dumps("
             "{'student': 's1', 'status': 'graded', 'tests': {'check_h': 2.0}}))")
-    result = worker.run_job(tmp_path, run_env(), timeout_s=30, argv=[sys.executable, "-c", code])
+    result = runner.run_job(tmp_path, run_env(), timeout_s=30, argv=[sys.executable, "-c", code])
     assert result.status == "graded" and result.tests == {"check_h": 2.0} and result.student == "s1"
 
 
 @pytest.mark.parametrize("bad", ["{not json", '{"cells": []}'])
 def test_the_worker_records_an_ungradable_file_without_running_nbgrader(tmp_path, course, bad):
     (tmp_path / "in.ipynb").write_text(bad)
-    worker.Job(student="s1", source=str(tmp_path / "in.ipynb"), cell_timeout_s=10,
+    jobs.Job(student="s1", source=str(tmp_path / "in.ipynb"), cell_timeout_s=10,
                release=str(course.student_notebook)).write(tmp_path)
-    assert worker.main([str(tmp_path)]) == 0
-    result = GradingResult.read(tmp_path / worker.RESULT)
+    assert pipeline.main([str(tmp_path)]) == 0
+    result = GradingResult.read(tmp_path / jobs.RESULT)
     assert result.status == "failed" and result.reason.startswith(("not a notebook", "does not look like"))
     assert not (tmp_path / "autograded").exists()
 
@@ -131,7 +131,7 @@ def test_a_status_comes_from_what_the_executor_saw_never_from_printed_error_name
     timeout_name = "raise type('CellTimeoutError', (Exception,), {})('No reply from kernel before timeout')"
     nb, outputs = run(tmp_path, forged, timeout_name, "print('after')")
     assert outputs[0][-1][:2] == ("error", "KernelDied") and outputs[1][-1][:2] == ("error", "CellTimeoutError")
-    notes, review = worker._cell_problems(nb, 5)
+    notes, review = pipeline._cell_problems(nb, 5)
     assert review == [] and outputs[2] == [("stream", None, "after")]
     assert [c.metadata["grader"]["outcome"] for c in nb.cells] == ["error", "error", "ok"]
 

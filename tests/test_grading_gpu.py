@@ -1,6 +1,6 @@
-"""A notebook written for a GPU, graded on a CPU-only machine (grader/kernel_boot.py, grader/gpu.py).
+"""A notebook written for a GPU, graded on a CPU-only machine (grader/kernel/boot.py, grader/gpu.py).
 
-(a) the shim, in a fresh Python with CRAFT_LAB_CUDA_ON_CPU=1 (and without it);
+(a) the shim, in a fresh Python with GRADER_CUDA_ON_CPU=1 (and without it);
 (b) a real CraftTorch run at a tiny size with CUDA hard-coded everywhere, through a Jupyter
     kernel started by kernel_boot.py, as the grader starts it;
 (c) gpu_reason on notebooks with and without errors caused by a missing GPU.
@@ -19,9 +19,9 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from conftest import COURSE, craftlab, reference_answers, run_env
 from gpu_sample import gpu_edits
-from grader import kernel_boot
 from grader.gpu import gpu_reason
-from grader.kernel_boot import CUDA_ON_CPU
+from grader.kernel import boot as kernel_boot
+from grader.kernel.boot import CUDA_ON_CPU
 
 BOOT = Path(kernel_boot.__file__).resolve()
 
@@ -30,7 +30,7 @@ BOOT = Path(kernel_boot.__file__).resolve()
 PROBE = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import kernel_boot
+import boot as kernel_boot
 kernel_boot.activate()
 import torch
 from torch import nn
@@ -315,7 +315,7 @@ def _reads(source: str, name: str) -> bool:
 EAGER_PROBE = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-import kernel_boot
+import boot as kernel_boot
 kernel_boot.activate()
 import tensorflow as tf
 print(tf.config.functions_run_eagerly())
@@ -326,7 +326,7 @@ print(tf.config.functions_run_eagerly())
 def test_the_grading_kernel_runs_tensorflow_functions_eagerly_only_when_asked(asked):
     """TF_EAGER (set by course.grading_env for the grading kernel): Xplique's tiny jit-compiled
     Sobol estimators run eagerly instead of being compiled by XLA for every new shape."""
-    from grader.kernel_boot import TF_EAGER
+    from grader.kernel.boot import TF_EAGER
 
     env = {k: v for k, v in run_env().items() if k != TF_EAGER} | ({TF_EAGER: "1"} if asked else {})
     done = subprocess.run([sys.executable, "-c", EAGER_PROBE, str(BOOT.parent)], env=env, capture_output=True,

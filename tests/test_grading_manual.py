@@ -19,13 +19,14 @@ from nbgrader.api import Gradebook
 
 from conftest import ROOT, run_env
 from grader import batch, score
+from grader.jobs import MERGED, BatchFolders
 from grader.results import GradingResult
 
 
-def _graded(course, folders: batch.Folders, sid: str, auto: dict[str, float], written: dict[str, float | None]):
+def _graded(course, folders: BatchFolders, sid: str, auto: dict[str, float], written: dict[str, float | None]):
     """A graded submission, as the worker leaves it: its own gradebook with the automatic scores
     (None for a written answer that was answered, 0 for one left blank), merged into the main one."""
-    own = folders.job(sid) / "gradebook.db"
+    own = folders.job(sid).gradebook
     own.parent.mkdir(parents=True)
     score.copy_gradebook(folders.template / "gradebook.db", own)
     with warnings.catch_warnings(), Gradebook(score.db_url(own)) as gb:
@@ -38,7 +39,7 @@ def _graded(course, folders: batch.Folders, sid: str, auto: dict[str, float], wr
         gb.db.commit()
     score.merge(folders.main_db, course.assignment, sid, own)
     GradingResult(sid, status="graded", tests=dict(auto), max_tests=score.max_scores(own, course.assignment),
-                  file=f"{sid}/{course.notebook}.ipynb").write(folders.job(sid) / batch.MERGED)
+                  file=f"{sid}/{course.notebook}.ipynb").write(folders.job(sid).file(MERGED))
 
 
 def _export(out) -> str:
@@ -57,7 +58,7 @@ def batch_out(course, tmp_path_factory):
     """A batch's output folder holding two graded submissions: ada answered every written
     question and got every test; bob answered one written question and lost check_fit."""
     out = tmp_path_factory.mktemp("manual")
-    folders = batch.Folders(out)
+    folders = BatchFolders(out)
     batch.gradebooks_phase(course, folders, {})
     max_tests = score.max_scores(folders.main_db, course.assignment)
     manual = score.manual_max_scores(folders.main_db, course.assignment)

@@ -1,4 +1,5 @@
-"""The OS sandbox around a submission's kernel (grader/sandbox.py), driven through real kernels.
+"""The OS sandbox around a submission's kernel (grader/kernel/sandbox.py; probe.py and reap.py), driven
+through real kernels.
 
 Each limit gets a tiny notebook that tries to break it, run by nbclient (or nbgrader's Execute)
 in a Sandbox; the checks are made from the grader's side where they can be (host files, a
@@ -28,8 +29,16 @@ from nbclient.exceptions import DeadKernelError
 from nbformat.v4 import new_code_cell, new_notebook
 
 from conftest import ROOT
-from grader.sandbox import (COURSE_TOML, WORKDIR, Limits, Sandbox, SandboxUnavailable, _python_dirs, probe,
-                            reap)
+from grader.course import COURSE_FILE as COURSE_TOML
+from grader.kernel.probe import probe
+from grader.kernel.reap import reap
+from grader.kernel.sandbox import (
+    WORKDIR,
+    Limits,
+    Sandbox,
+    SandboxUnavailable,
+    python_dirs,
+)
 
 CAPS = probe()
 needs_bwrap = pytest.mark.skipif(CAPS.bwrap is None, reason="bubblewrap is not installed here "
@@ -75,7 +84,7 @@ def host_files(*folders: Path) -> list[Path]:
 
 
 def limits(**changes) -> Limits:
-    return dataclasses.replace(Limits.load(), **changes)
+    return dataclasses.replace(Limits.load(COURSE_TOML), **changes)
 
 
 def notebook(*sources):
@@ -115,7 +124,7 @@ def run_or_die(sb: Sandbox, *sources, timeout=60) -> list[str] | str:
 def test_limits_come_from_the_sandbox_section_of_course_toml(tmp_path):
     with open(COURSE_TOML, "rb") as f:
         section = tomllib.load(f)["sandbox"]
-    assert dataclasses.asdict(Limits.load()) == section
+    assert dataclasses.asdict(Limits.load(COURSE_TOML)) == section
     bad = tmp_path / "course.toml"
     bad.write_text("[sandbox]\nmemory_mb = 1024\nswap_mb = 3\n")
     with pytest.raises(ValueError, match="unknown \\['swap_mb'\\].*max_processes"):
@@ -231,7 +240,7 @@ def test_files_outside_run_dir_are_invisible(caps, run_dir, tmp_path):
     marker.parent.mkdir()
     marker.write_text("secret")
     home = [p for p in sorted(Path.home().iterdir())  # the home's own files (not the way to a bound Python)
-            if not any(d.is_relative_to(p) for d in _python_dirs())][:3]
+            if not any(d.is_relative_to(p) for d in python_dirs())][:3]
     targets = [marker, ROOT / "solutions", ROOT / "grader" / "course.toml", ROOT / "README.md", *home]
     assert all(t.exists() for t in targets)
     code = ("import os\nfor path in %r:\n    try:\n        os.listdir(path) if os.path.isdir(path) "
@@ -334,12 +343,13 @@ HOLDER = """\
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 from jupyter_client import KernelManager
-from grader.sandbox import Limits, Sandbox, probe
-from grader.warm import Zygote
+from grader.kernel.probe import probe
+from grader.kernel.sandbox import Limits, Sandbox
+from grader.kernel.warm import Zygote
 
 folder = {folder!r}
-zygote = Zygote.from_env({{"CRAFT_LAB_ZYGOTE": {zygote!r}}}) if {zygote!r} else None
-sb = Sandbox(os.path.join(folder, "run"), Limits.load(), probe(), allow_unsafe=True, zygote=zygote,
+zygote = Zygote.from_env({{"GRADER_ZYGOTE": {zygote!r}}}) if {zygote!r} else None
+sb = Sandbox(os.path.join(folder, "run"), Limits.load({course!r}), probe(), allow_unsafe=True, zygote=zygote,
              env={{"OMP_NUM_THREADS": "1"}}, manifest_dir=folder)
 os.environ.update(sb.jupyter_env())
 km = KernelManager(config=sb.config(), kernel_name=sb.kernel_name)
@@ -373,7 +383,7 @@ def test_reap_removes_what_a_killed_holder_of_a_sandbox_left(caps, tmp_path, zyg
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("not the sandbox's")
-    script = HOLDER.format(root=str(ROOT), folder=str(folder), zygote=str(zygote_folder or ""), outside=str(outside))
+    script = HOLDER.format(root=str(ROOT), course=str(COURSE_TOML), folder=str(folder), zygote=str(zygote_folder or ""), outside=str(outside))
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
@@ -387,7 +397,7 @@ def test_reap_removes_what_a_killed_holder_of_a_sandbox_left(caps, tmp_path, zyg
         holder.wait()
     assert info["zygote"] == bool(zygote_folder)
     assert len(info["pids"]) >= 2 and info["cgroups"]
-    manifests = [p for p in folder.iterdir() if p.name.startswith("craft-sandbox-")]
+    manifests = [p for p in folder.iterdir() if p.name.startswith("grader-sandbox-")]
     assert len(manifests) == 1
     # What the killed holder left (no cleanup ran): the test would fail here without reap().
     assert Path(info["state"]).is_dir() and Path(info["ipc"]).is_dir()
@@ -408,18 +418,18 @@ def test_reap_removes_only_what_a_sandbox_makes_and_follows_no_link(tmp_path):
     (victim / "sub").mkdir(parents=True)
     (victim / "sub" / "keep.txt").write_text("keep")
     token = "0123456789ab"
-    state = tmp_path / f"craft-sbx-{token}"
+    state = tmp_path / f"grader-sbx-{token}"
     (state / "ipc" / "a").mkdir(parents=True)
     (state / "ipc" / "a" / "to-victim").symlink_to(victim)           # links the kernel could plant
     (state / "ipc" / "file-link").symlink_to(victim / "sub" / "keep.txt")
     (state / "ipc" / "a").chmod(0)
     job = tmp_path / "job"
     job.mkdir()
-    manifest = job / f"craft-sandbox-{token}.json"
+    manifest = job / f"grader-sandbox-{token}.json"
     good = {"state": str(state), "folders": [], "cgroups": [], "unit": ""}
     bad = [{**good, "state": str(victim)},                                          # not named after the token
-           {**good, "folders": [str(tmp_path / "x" / ".." / f"craft-sandbox-{token}")]},  # not normalized
-           {**good, "cgroups": [str(tmp_path / f"craft-sandbox-{token}")]}]          # not a cgroup
+           {**good, "folders": [str(tmp_path / "x" / ".." / f"grader-sandbox-{token}")]},  # not normalized
+           {**good, "cgroups": [str(tmp_path / f"grader-sandbox-{token}")]}]          # not a cgroup
     for record in bad:
         manifest.write_text(json.dumps(record))
         with pytest.warns(UserWarning, match="not what a sandbox makes"):
@@ -441,9 +451,10 @@ def test_reap_removes_only_what_a_sandbox_makes_and_follows_no_link(tmp_path):
 WORKER = """\
 import json, os, sys
 sys.path.insert(0, {root!r})
-from grader.sandbox import Limits, Sandbox, probe
+from grader.kernel.probe import probe
+from grader.kernel.sandbox import Limits, Sandbox
 job = {job!r}
-sb = Sandbox(os.path.join(job, "run"), Limits.load(), probe(), allow_unsafe=True, manifest_dir=job)
+sb = Sandbox(os.path.join(job, "run"), Limits.load({course!r}), probe(), allow_unsafe=True, manifest_dir=job)
 json.dump({{"state": str(sb.state), "cgroups": [str(d) for d in (sb.cgroup.dirs if sb.cgroup else [])]}},
           open(os.path.join(job, "info.json"), "w"))
 os.kill(os.getpid(), 9)
@@ -452,17 +463,17 @@ os.kill(os.getpid(), 9)
 
 @needs_bwrap
 def test_run_job_reaps_the_sandbox_of_a_killed_worker(caps, tmp_path):
-    from grader import worker
+    from grader import runner
 
     job = tmp_path / "job"
     job.mkdir()
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(root=str(ROOT), job=str(job)))
-    result = worker.run_job(job, dict(os.environ), 120, argv=[sys.executable, str(script)])
+    script.write_text(WORKER.format(root=str(ROOT), course=str(COURSE_TOML), job=str(job)))
+    result = runner.run_job(job, dict(os.environ), 120, argv=[sys.executable, str(script)])
     assert "killed by signal 9" in result.reason, result
     info = json.loads((job / "info.json").read_text())
     assert not Path(info["state"]).exists() and not any(Path(d).exists() for d in info["cgroups"])
-    assert not [p for p in job.iterdir() if p.name.startswith("craft-sandbox-")]
+    assert not [p for p in job.iterdir() if p.name.startswith("grader-sandbox-")]
 
 
 BOOT = """\
@@ -630,7 +641,7 @@ def test_torch_and_tensorflow_import_with_the_default_limits(caps, run_dir, mech
     if mechanism == "cgroup" and caps.cgroup is None:
         pytest.skip(f"no cgroup here ({caps.cgroup_error})")
     used = caps if mechanism == "cgroup" else dataclasses.replace(caps, cgroup=None)  # RLIMIT_AS instead
-    with Sandbox(run_dir, Limits.load(), used, allow_unsafe=True) as sb:
+    with Sandbox(run_dir, Limits.load(COURSE_TOML), used, allow_unsafe=True) as sb:
         out = run(sb, "import torch, torchvision\nimport tensorflow as tf\n"
                       "print(float(tf.reduce_sum(tf.ones((2, 2)))), float(torch.ones(3).sum()))", timeout=180)
     assert out[0] == "4.0 3.0", out
@@ -638,11 +649,12 @@ def test_torch_and_tensorflow_import_with_the_default_limits(caps, run_dir, mech
 
 def test_the_batch_refuses_a_machine_missing_a_protection_unless_told_and_then_says_what_is_off(monkeypatch):
     """`python -m grader grade` checks the machine first; --allow-unsafe grades and says what is off."""
-    from grader import batch, sandbox
+    from grader import batch
+    from grader.kernel import probe as probing
 
     bare = dataclasses.replace(CAPS, bwrap=None, namespaces=False, system="Linux",
                                namespaces_error="bubblewrap is not installed")
-    monkeypatch.setattr(sandbox, "probe", lambda *args, **kwargs: bare)
+    monkeypatch.setattr(probing, "probe", lambda *args, **kwargs: bare)
     with pytest.raises(SystemExit) as refused:
         batch.sandbox_check(allow_unsafe=False)
     assert "Refusing to grade" in str(refused.value) and "--allow-unsafe" in str(refused.value)

@@ -27,8 +27,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from grader import evidence, sanitize, worker
+from grader import course as course_mod
+from grader import evidence, pipeline, sanitize
 from grader.course import GRADER_DIR
+from grader.jobs import Job, JobFolder
 from grader.results import GradingResult
 
 MARK = "pwned"  # every hostile payload names it: nothing that can run may carry it
@@ -338,13 +340,13 @@ def test_the_worker_autogrades_with_it_and_protects_the_page(tmp_path, monkeypat
     from nbgrader.converters import GenerateFeedback
     from nbgrader.preprocessors import SaveAutoGrades
 
-    cfg = worker.nbgrader_config(60)
+    cfg = pipeline.nbgrader_config(60)
     wired = list(cfg.Autograde.autograde_preprocessors)
     assert wired.index(sanitize.SanitizeNotebook) > wired.index(SaveAutoGrades)
     assert cfg.HTMLExporter.preprocessors == ["grader.sanitize.SanitizeNotebook"]
 
-    monkeypatch.setenv("CRAFT_LAB_WORK", str(tmp_path))
-    course = worker.course_mod.load()
+    monkeypatch.setenv("GRADER_WORK", str(tmp_path))
+    course = course_mod.load()
     page = tmp_path / "feedback" / "ada" / course.assignment / f"{course.notebook}.html"
 
     def generate(app_class, cfg, assignment, student, log):
@@ -352,9 +354,9 @@ def test_the_worker_autogrades_with_it_and_protects_the_page(tmp_path, monkeypat
         page.parent.mkdir(parents=True)
         page.write_text("<!DOCTYPE html><html><head><title>t</title></head><body>b</body></html>")
 
-    monkeypatch.setattr(worker, "_run_app", generate)
+    monkeypatch.setattr(pipeline, "_run_app", generate)
     result = GradingResult("ada")
-    worker._feedback(worker.Job("ada", "", "", 60), result)
+    pipeline._feedback(pipeline.Grading(course, Job("ada", "", "", 60), JobFolder(tmp_path), result))
     assert sanitize.has_policy(page.read_text()) and not result.notes
 
 
@@ -411,7 +413,7 @@ def _autograde_config(cfg, sanitized: bool):
             return nb, resources
 
     steps = [AlreadyRun if p is ResilientExecute else p
-             for p in worker.nbgrader_config(60).Autograde.autograde_preprocessors]
+             for p in pipeline.nbgrader_config(60).Autograde.autograde_preprocessors]
     extra = Config()
     extra.Autograde.sanitize_preprocessors = [p for p in Autograde.class_traits()["sanitize_preprocessors"].default()
                                               if p is not ClearOutput]

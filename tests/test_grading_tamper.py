@@ -26,15 +26,23 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import ROOT
-from grader import batch, release, sandbox, score
+from conftest import COURSE, ROOT
+from grader import batch, release, score
+from grader.kernel import probe, sandbox
 from grader.samples import write_samples
-from tamper import CHEATS, DETACHED_MARKER, INJECTED, OUTSIDE_FILE, limit_samples, machine_samples
+from tamper import (
+    CHEATS,
+    DETACHED_MARKER,
+    INJECTED,
+    OUTSIDE_FILE,
+    limit_samples,
+    machine_samples,
+)
 
 pytestmark = pytest.mark.slow  # ~12 min on 2 cores
 
 N_IMAGES = 2
-LIMITS = sandbox.Limits.load()
+LIMITS = sandbox.Limits.load(COURSE.file)
 
 
 class _Counter(http.server.BaseHTTPRequestHandler):
@@ -79,9 +87,9 @@ def hostile_inbox_extras(inbox: Path, reference_nb: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def graded(course, server, tmp_path_factory):
-    if sandbox.probe().missing():
+    if probe.probe().missing():
         pytest.fail("the tamper suite needs the full sandbox (setup installs bubblewrap): "
-                    + "; ".join(sandbox.probe().missing()))
+                    + "; ".join(probe.probe().missing()))
     out = tmp_path_factory.mktemp("tamper-out")
     samples = CHEATS + limit_samples(server.server_address[1], str(ROOT), str(out), LIMITS.memory_mb / 1024) \
         + machine_samples(str(out))
@@ -297,4 +305,4 @@ def test_what_a_kernel_leaves_is_bounded(graded, course):
     sleeper = got["limit_sleeps"]
     assert sleeper.status == "failed" and sleeper.seconds < 400, sleeper.reason
     for job in (out / "work").iterdir():
-        assert not list(job.glob("craft-sandbox-*.json")), f"{job.name}: a sandbox was not cleaned up"
+        assert not list(job.glob("grader-sandbox-*.json")), f"{job.name}: a sandbox was not cleaned up"

@@ -7,7 +7,7 @@ once with useradd and kept) what an administrator, or systemd, does for a TA: a 
 process moved into it. A small root launcher moves itself into the subtree, makes the venv's
 Python reachable in a mount namespace of its own when it lies under a folder other users may
 not enter (such as /root: the host is left as it was), and becomes the user; then a script, as
-that user, checks what a TA's grader does: sandbox.probe() finds the delegated cgroup; a cold and
+that user, checks what a TA's grader does: probe.probe() finds the delegated cgroup; a cold and
 a warm sandbox start a tiny kernel that runs as nobody, cannot read the user's own files, and is
 killed past its memory limit by its own cgroup, made inside the subtree; and without the
 subtree, the batch refuses to grade and names the command that fixes it.
@@ -33,10 +33,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from grader import sandbox
+from grader.kernel import cgroups, probe, sandbox
 
 TEST_USER = "craft-lab-test"
-CAPS = sandbox.probe() if platform.system() == "Linux" else None
+CAPS = probe.probe() if platform.system() == "Linux" else None
 
 
 def _why_not() -> str:
@@ -91,9 +91,11 @@ import dataclasses, json, os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 mode, work, secret = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
-from grader import batch, sandbox, warm
+from grader import batch
+from grader.course import COURSE_FILE
+from grader.kernel import probe, sandbox, warm
 
-caps = sandbox.probe()
+caps = probe.probe()
 out = {"uid": os.getuid(), "cgroup": caps.cgroup, "cgroup_where": caps.cgroup_where, "missing": caps.missing(),
        "cgroup_fix": caps.cgroup_fix(), "hierarchy": caps.hierarchy, "kernel": list(caps.kernel)}
 if mode == "plain":
@@ -135,14 +137,14 @@ def run(sb):
     return {"texts": texts, "died": died, "oom_kills": oom, "pids": seen.get("pids", 0),
             "cgroups": [str(d) for d in sb.cgroup.dirs]}
 
-limits = dataclasses.replace(sandbox.Limits.load(), memory_mb=1024)
+limits = dataclasses.replace(sandbox.Limits.load(COURSE_FILE), memory_mb=1024)
 cold_dir = work / "cold" / "run"
 cold_dir.mkdir(parents=True)
 with sandbox.Sandbox(cold_dir, limits, caps, env={"OMP_NUM_THREADS": "1"}) as sb:
     out["cold"] = run(sb)
 lines = []
 (work / "warm").mkdir()
-with warm.start([work / "warm"], {"OMP_NUM_THREADS": "1"}, {}, work / "zygote.log", lines.append) as zygote:
+with warm.start([work / "warm"], {"OMP_NUM_THREADS": "1"}, {}, work / "zygote.log", lines.append, limits) as zygote:
     out["warm_lines"] = lines
     if zygote is not None:
         warm_dir = work / "warm" / "job" / "run"
@@ -150,7 +152,7 @@ with warm.start([work / "warm"], {"OMP_NUM_THREADS": "1"}, {}, work / "zygote.lo
         with sandbox.Sandbox(warm_dir, limits, caps, env={"OMP_NUM_THREADS": "1"}, zygote=zygote) as sb:
             out["warm_fork"] = sb.zygote is not None
             out["warm"] = run(sb)
-out["warm_check"] = warm.check(caps)
+out["warm_check"] = warm.check(limits, caps)
 print(json.dumps(out))
 """
 
@@ -191,10 +193,10 @@ def _delegate(user: pwd.struct_passwd) -> list[Path]:
     """A cgroup subtree for the user, as an administrator would make it: its folders."""
     name = f"craft-lab-test-{secrets.token_hex(4)}"
     if CAPS.cgroup == "v1":
-        folders = [sandbox.CGROUP_ROOT / c / sandbox._own_cgroup(c).lstrip("/") / name for c in ("memory", "pids")]
+        folders = [cgroups.CGROUP_ROOT / c / cgroups.own_cgroup(c).lstrip("/") / name for c in ("memory", "pids")]
         files = ("cgroup.procs", "tasks")
     else:
-        folders = [sandbox.CGROUP_ROOT / name]
+        folders = [cgroups.CGROUP_ROOT / name]
         files = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
     for folder in folders:
         folder.mkdir()
@@ -234,7 +236,7 @@ def user_run(tmp_path_factory):
     secret.chmod(0o600)
     for path in (secret.parent, secret):
         os.chown(path, user.pw_uid, user.pw_gid)
-    needed = [Path(p) for p in {str(d) for d in sandbox._python_dirs()} | {str(ROOT)}]
+    needed = [Path(p) for p in {str(d) for d in sandbox.python_dirs()} | {str(ROOT)}]
     ways = _ways(needed, user)
     folders = []
 
@@ -303,4 +305,4 @@ def test_without_a_delegated_subtree_the_batch_refuses_and_names_the_fix(user_ru
     command = fix[fix.index("`") + 1: fix.rindex("`")]
     assert command in plain["refused"] and "--allow-unsafe" in plain["refused"]
     if plain["hierarchy"] == "v1":
-        assert command == sandbox.V1_DELEGATE
+        assert command == probe.V1_DELEGATE

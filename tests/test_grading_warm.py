@@ -1,4 +1,4 @@
-"""Warm kernels (grader/zygote.py, grader/warm.py): forks of one pre-imported process, each as
+"""Warm kernels (grader/kernel/zygote.py, grader/kernel/warm.py): forks of one pre-imported process, each as
 confined as a cold sandboxed kernel.
 
 The sandbox's own tests (test_grading_sandbox.py) run here a second time with every Sandbox
@@ -27,22 +27,34 @@ import pytest
 from nbclient import NotebookClient
 
 import test_grading_sandbox as cold
-from conftest import ROOT
+from conftest import COURSE, ROOT
+from grader import lab
+from grader.kernel import warm
+from grader.kernel.boot import CUDA_ON_CPU, TF_EAGER
+from grader.kernel.probe import probe
+from grader.kernel.sandbox import Limits, Sandbox
 from test_grading_sandbox import (  # noqa: F401  (run again below, with warm kernels)
-    host_files, limits, run, run_or_die, test_a_cell_over_the_time_limit_is_interrupted_under_nbgrader_execute,
-    test_a_fork_storm_hits_the_process_limit, test_cpu_time_past_the_limit_kills_the_kernel,
-    test_detached_processes_are_dead_after_cleanup, test_file_size_and_private_tmp_size_are_capped,
-    test_files_outside_run_dir_are_invisible, test_memory_past_the_cgroup_limit_kills_the_kernel_not_the_grader,
-    test_no_network_not_even_the_graders_loopback, test_reap_removes_what_a_killed_holder_of_a_sandbox_left,
+    host_files,
+    limits,
+    run,
+    run_or_die,
+    test_a_cell_over_the_time_limit_is_interrupted_under_nbgrader_execute,
+    test_a_fork_storm_hits_the_process_limit,
+    test_cpu_time_past_the_limit_kills_the_kernel,
+    test_detached_processes_are_dead_after_cleanup,
+    test_file_size_and_private_tmp_size_are_capped,
+    test_files_outside_run_dir_are_invisible,
+    test_memory_past_the_cgroup_limit_kills_the_kernel_not_the_grader,
+    test_no_network_not_even_the_graders_loopback,
+    test_reap_removes_what_a_killed_holder_of_a_sandbox_left,
     test_the_connection_file_and_sockets_are_in_a_short_folder_outside_the_cwd,
     test_the_helper_files_are_read_only_in_the_working_folder,
     test_the_kernel_is_nobody_in_its_private_folder_with_a_minimal_environment,
-    test_the_working_folder_is_bounded_by_run_mb, test_torch_and_tensorflow_import_with_the_default_limits,
+    test_the_working_folder_is_bounded_by_run_mb,
+    test_torch_and_tensorflow_import_with_the_default_limits,
     test_twenty_thousand_files_in_the_cwd_leave_nothing_on_the_host,
-    test_writes_land_only_in_the_private_folders_and_never_on_the_host)
-from grader import warm
-from grader.kernel_boot import CUDA_ON_CPU, TF_EAGER
-from grader.sandbox import Sandbox, probe
+    test_writes_land_only_in_the_private_folders_and_never_on_the_host,
+)
 
 CAPS = probe()
 DATA = Path(tempfile.gettempdir()) / f"craft-warm-data-{os.getpid()}"
@@ -59,7 +71,7 @@ def zygote(tmp_path_factory):
     data = DATA
     lines = []
     with warm.start([root], {"CRAFT_LAB_OFFLINE": "1", "OMP_NUM_THREADS": "1", CUDA_ON_CPU: "1"}, {data: data},
-                    root.parent / "zygote.log", lines.append) as z:
+                    root.parent / "zygote.log", lines.append, Limits.load(COURSE.file), lab.load(COURSE).PRELOAD) as z:
         assert z is not None, lines
         yield z
     shutil.rmtree(DATA, ignore_errors=True)
@@ -176,7 +188,7 @@ def test_a_zygote_that_cannot_start_leaves_the_batch_on_cold_kernels(tmp_path, m
     lines = []
     monkeypatch.setattr(warm, "_command", functools.partial(_broken_command, warm._command))
     started = time.monotonic()
-    with warm.start([tmp_path], {}, {}, tmp_path / "zygote.log", lines.append) as z:
+    with warm.start([tmp_path], {}, {}, tmp_path / "zygote.log", lines.append, Limits.load(COURSE.file)) as z:
         assert z is None
     assert any("Warm kernels off" in line and "start cold" in line for line in lines), lines
     assert time.monotonic() - started < 60
@@ -210,7 +222,8 @@ def test_the_number_of_files_in_a_warm_kernels_working_folder_is_bounded(zygote,
 FAKE_BATCH = """\
 import json, sys, time
 sys.path.insert(0, {root!r})
-from grader import warm
+from grader.kernel import warm
+from grader.kernel.sandbox import Limits
 
 real = warm._command
 
@@ -221,7 +234,7 @@ def fake(*args, **kwargs):  # the zygote's real sandbox, running a stand-in that
         argv[argv.index("serve") + 1]]
 
 warm._command = fake
-with warm.start([{root_dir!r}], {{}}, {{}}, {log!r}, print) as zygote:
+with warm.start([{root_dir!r}], {{}}, {{}}, {log!r}, print, Limits.load({course!r})) as zygote:
     print(json.dumps({{"folder": str(zygote.folder)}}), flush=True)
     time.sleep(600)
 """
@@ -231,7 +244,7 @@ def test_a_killed_batch_leaves_no_zygote_running_and_the_next_start_removes_its_
     """SIGKILL of the batch process: bubblewrap's --die-with-parent ends the zygote at once; its
     folder stays (nothing of the batch runs any more) until the next warm.start() sweeps it."""
     (tmp_path / "work").mkdir()
-    script = FAKE_BATCH.format(root=str(ROOT), root_dir=str(tmp_path / "work"), log=str(tmp_path / "z.log"))
+    script = FAKE_BATCH.format(root=str(ROOT), course=str(COURSE.file), root_dir=str(tmp_path / "work"), log=str(tmp_path / "z.log"))
     batch = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:

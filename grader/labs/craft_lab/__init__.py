@@ -14,6 +14,19 @@ from grader.verdicts import Verdict
 
 from . import common, kernel, tasks
 from .common import Ctx, Run
+from .environment import (  # noqa: F401
+    LIBRARIES,
+    MIN_IMAGES,
+    PRELOAD,
+    SUPPORT_FILES,
+    describe,
+    helper,
+    kernel_env,
+    prefetch,
+    read_only,
+    variables,
+)
+from .samples import DEMO_CLASS  # noqa: F401
 
 TASKS = tuple(importlib.import_module(f"{tasks.__name__}.{info.name}")
               for info in sorted(pkgutil.iter_modules(tasks.__path__), key=lambda info: info.name))
@@ -26,7 +39,6 @@ REPLAYS = {kind: fn for task in TASKS for kind, fn in task.REPLAYS.items()}
 REPLAY_SOURCE = "\n\n".join([KERNEL_SOURCE, *(inspect.getsource(fn) for fn in REPLAYS.values()),
                              "REPLAYS = {" + ", ".join(f"{kind!r}: {fn.__name__}" for kind, fn in REPLAYS.items())
                              + "}\n"])
-SUPPORT_FILES = ("craftlab.py",)   # from the source folder, into every kernel's working folder
 
 
 def context(seed: int) -> dict:

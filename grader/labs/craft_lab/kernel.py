@@ -183,10 +183,10 @@ def make_replay(context):
 
     import numpy as np
     import torch
-
-    import craftlab
     from xplique.concepts import CraftTorch
     from xplique.concepts.craft import Factorization, Sensitivity
+
+    import craftlab
 
     device = craftlab.pick_device()
     loaded = {}

@@ -14,8 +14,26 @@ from grader.evidence import capture
 from grader.replay import Request
 from grader.verdicts import Verdict
 
-from ..common import AUC, AUC_RANGE, CURVE, CURVE_ENDS, OWN, RECOMPUTED, REFERENCE, Ctx, check, close, decreasing, \
-    deletion_curve, equal, finite, gap_below, is_permutation, random_orders, show
+from ..common import (
+    AUC,
+    AUC_RANGE,
+    CURVE,
+    CURVE_ENDS,
+    OWN,
+    RECOMPUTED,
+    REFERENCE,
+    Ctx,
+    check,
+    close,
+    decreasing,
+    deletion_curve,
+    equal,
+    finite,
+    gap_below,
+    is_permutation,
+    random_orders,
+    show,
+)
 from .fit import settings
 from .plots import craft_inputs, plots_same
 

@@ -18,8 +18,25 @@ from grader.evidence import capture
 from grader.replay import Request
 from grader.verdicts import Verdict
 
-from ..common import KERNEL, NMF_REL, OWN, RECOMPUTED, REFERENCE, RABBIT_CLASS, Ctx, check, crops_of, equal, \
-    expected_from, identical, max_gap, n_crops, same, same_as, seeded
+from ..common import (
+    KERNEL,
+    NMF_REL,
+    OWN,
+    RABBIT_CLASS,
+    RECOMPUTED,
+    REFERENCE,
+    Ctx,
+    check,
+    crops_of,
+    equal,
+    expected_from,
+    identical,
+    max_gap,
+    n_crops,
+    same,
+    same_as,
+    seeded,
+)
 
 FIT_ITEMS = dict(settings="(craft.number_of_concepts, craft.patch_size, craft.batch_size)",
                  crops="crops", u="crops_u", w="concept_bank_w",

@@ -13,8 +13,20 @@ import numpy as np
 from grader.evidence import capture
 from grader.verdicts import Verdict
 
-from ..common import KERNEL, OWN, RECOMPUTED, REFERENCE, SENSITIVITY, Ctx, check, close, equal, finite, \
-    importance_close, true
+from ..common import (
+    KERNEL,
+    OWN,
+    RECOMPUTED,
+    REFERENCE,
+    SENSITIVITY,
+    Ctx,
+    check,
+    close,
+    equal,
+    finite,
+    importance_close,
+    true,
+)
 from .fit import fit_checks, fit_request, settings
 from .importance import fit_same, importance_request, state_same
 

@@ -14,8 +14,22 @@ from grader.evidence import capture
 from grader.replay import Request
 from grader.verdicts import Verdict
 
-from ..common import KERNEL, OWN, RECOMPUTED, REFERENCE, RABBIT_CLASS, SENSITIVITY, Ctx, check, close, equal, \
-    finite, identical, importance_close, true
+from ..common import (
+    KERNEL,
+    OWN,
+    RABBIT_CLASS,
+    RECOMPUTED,
+    REFERENCE,
+    SENSITIVITY,
+    Ctx,
+    check,
+    close,
+    equal,
+    finite,
+    identical,
+    importance_close,
+    true,
+)
 from .fit import inputs_same, settings
 
 CAPTURES = (

@@ -14,8 +14,23 @@ from grader.evidence import capture
 from grader.replay import Request
 from grader.verdicts import Verdict
 
-from ..common import IMPORTANCE_REL, KERNEL, OWN, RECOMPUTED, REFERENCE, SHOWN, Ctx, check, decreasing, equal, \
-    figures_match, finite, importance_close, is_permutation, true
+from ..common import (
+    IMPORTANCE_REL,
+    KERNEL,
+    OWN,
+    RECOMPUTED,
+    REFERENCE,
+    SHOWN,
+    Ctx,
+    check,
+    decreasing,
+    equal,
+    figures_match,
+    finite,
+    importance_close,
+    is_permutation,
+    true,
+)
 from .fit import settings
 from .plots import craft_inputs, displayed, plots_same
 

@@ -15,7 +15,7 @@ from grader.evidence import capture
 from grader.replay import Request
 from grader.verdicts import Verdict
 
-from ..common import KERNEL, SHOWN, RABBIT_CLASS, Ctx, check, figures_match, identical
+from ..common import KERNEL, RABBIT_CLASS, SHOWN, Ctx, check, figures_match, identical
 from .fit import settings
 from .importance import fit_same, state_same
 

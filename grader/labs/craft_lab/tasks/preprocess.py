@@ -15,8 +15,20 @@ from grader.evidence import capture
 from grader.replay import Request
 from grader.verdicts import Verdict
 
-from ..common import KERNEL, OWN, PREPROCESS, RECOMPUTED, REFERENCE, Ctx, check, close, equal, gap_below, holds, \
-    true
+from ..common import (
+    KERNEL,
+    OWN,
+    PREPROCESS,
+    RECOMPUTED,
+    REFERENCE,
+    Ctx,
+    check,
+    close,
+    equal,
+    gap_below,
+    holds,
+    true,
+)
 
 CAPTURES = (
     capture("answer_preprocess", "preprocess",

@@ -14,9 +14,29 @@ from grader.evidence import capture
 from grader.replay import Request
 from grader.verdicts import Verdict
 
-from ..common import KERNEL, MIN_SUB_CROPS, N_SUB, NMF_REL, OWN, RABBIT_CLASS, RECOMPUTED, REFERENCE, \
-    RESIZE_ATOL, Ctx, check, equal, gap_below, identical, max_gap, recursion_selection, resize_bilinear, same, \
-    seeded, show, true
+from ..common import (
+    KERNEL,
+    MIN_SUB_CROPS,
+    N_SUB,
+    NMF_REL,
+    OWN,
+    RABBIT_CLASS,
+    RECOMPUTED,
+    REFERENCE,
+    RESIZE_ATOL,
+    Ctx,
+    check,
+    equal,
+    gap_below,
+    identical,
+    max_gap,
+    recursion_selection,
+    resize_bilinear,
+    same,
+    seeded,
+    show,
+    true,
+)
 
 CAPTURES = (
     capture("gf_answer_recursion_select", "rec_select",

@@ -12,7 +12,19 @@ import numpy as np
 from grader.evidence import capture
 from grader.verdicts import Verdict
 
-from ..common import KERNEL, OWN, REFERENCE, Ctx, LOGIT_GAP, check, equal, gap_below, same_as, true, with_scale
+from ..common import (
+    KERNEL,
+    LOGIT_GAP,
+    OWN,
+    REFERENCE,
+    Ctx,
+    check,
+    equal,
+    gap_below,
+    same_as,
+    true,
+    with_scale,
+)
 
 CAPTURES = (
     capture("answer_split", "split", reference_only=("model", "fc_w", "fc_b"),

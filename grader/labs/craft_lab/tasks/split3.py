@@ -12,8 +12,20 @@ from grader.evidence import capture
 from grader.replay import Request
 from grader.verdicts import Verdict
 
-from ..common import G_ATOL, KERNEL, LOGIT_GAP, RECOMPUTED, REFERENCE, Ctx, check, equal, gap_below, identical, \
-    true, with_scale
+from ..common import (
+    G_ATOL,
+    KERNEL,
+    LOGIT_GAP,
+    RECOMPUTED,
+    REFERENCE,
+    Ctx,
+    check,
+    equal,
+    gap_below,
+    identical,
+    true,
+    with_scale,
+)
 
 CAPTURES = (
     capture("gf_answer_split3", "split3", reference_only=("first7", "model"),

@@ -10,8 +10,19 @@ from __future__ import annotations
 from grader.evidence import capture
 from grader.verdicts import Verdict
 
-from ..common import KERNEL, RECOMPUTED, REFERENCE, TRANSFORM_GAP, Ctx, check, equal, gap_below, secret_images, \
-    transform_expected, true
+from ..common import (
+    KERNEL,
+    RECOMPUTED,
+    REFERENCE,
+    TRANSFORM_GAP,
+    Ctx,
+    check,
+    equal,
+    gap_below,
+    secret_images,
+    transform_expected,
+    true,
+)
 
 CAPTURES = (
     capture("answer_transform", "transform",

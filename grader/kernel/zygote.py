@@ -1,8 +1,9 @@
 """Warm kernels: the lab's heavy imports done once per batch, every kernel still in a sandbox of its own.
 
-A cold grading kernel spends 9-15 s importing torch, torchvision, TensorFlow and Xplique
+A cold grading kernel can spend many seconds importing a lab's libraries (torch, TensorFlow...)
 before the student's first line runs, in every submission. Here one process per batch, the
-zygote, imports them once inside a bubblewrap sandbox (same read-only view of the system and
+zygote, imports them once (IMPORTS, and the modules the lab names in PRELOAD_VAR) inside a
+bubblewrap sandbox (same read-only view of the system and
 the venv as a kernel's, no network); each submission's kernel is then a fork of it, which
 confines itself further before any student code runs:
 
@@ -18,7 +19,7 @@ confines itself further before any student code runs:
          kills every process of the namespace.
          G forks K: drops every capability (bounding and ambient sets too), reseeds the random
          generators as a fresh interpreter would, restores the thread counts, installs the
-         CPU-for-CUDA shim (kernel_boot.py) and becomes the ipykernel.
+         CPU-for-CUDA shim (boot.py) and becomes the ipykernel.
 
 Isolation between submissions graded at the same time comes from the namespaces: a kernel
 sees only its own processes (own /proc), its own folders, its own /tmp and working folder
@@ -30,7 +31,7 @@ right to move with the credentials of whoever opened the file). A warm kernel th
 cgroups the grader makes itself: as root, or in a subtree delegated to its user. Before it
 serves, the zygote tries all of it in a test fork, joining a test cgroup the grader opened for
 it (--join); if anything fails it exits, and the grader starts cold kernels, each in its own
-bubblewrap sandbox (grader/sandbox.py).
+bubblewrap sandbox (kernel/sandbox.py).
 
 This file is standalone on purpose: the zygote runs it inside the sandbox (bound read-only)
 and the client runs it with `python -I -S`: the standard library only at module level.
@@ -52,11 +53,11 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
-IMPORTS = ("numpy", "torch", "torch.nn", "torchvision", "torchvision.models", "torchvision.transforms",
-           "tensorflow", "xplique", "xplique.concepts", "sklearn.decomposition", "matplotlib",
-           "matplotlib.pyplot", "IPython", "ipykernel.kernelapp",
-           "ipykernel.ipkernel", "PIL.Image", "threadpoolctl")
+# What every kernel needs; the lab's own libraries come in PRELOAD_VAR (comma-separated modules).
+IMPORTS = ("numpy", "IPython", "ipykernel.kernelapp", "ipykernel.ipkernel", "threadpoolctl")
+PRELOAD_VAR = "GRADER_PRELOAD"
 # Not matplotlib_inline.backend_inline: imported without a running IPython shell it never hooks
 # its figures into the kernel; pyplot loads it (cheaply) when the first figure needs it.
 READY = "zygote ready"
@@ -119,6 +120,36 @@ def drop_capabilities() -> None:
         raise RuntimeError(f"capabilities still held: {held}")
 
 
+# ----------------------------------------------------------------------------- the request
+
+@dataclass
+class Request:
+    """What a fork needs to become one submission's kernel: built by the host side (sandbox.py),
+    written as JSON beside the kernelspec, sent to the zygote by the client, read here."""
+    env: dict                  # the kernel's whole environment
+    rlimits: dict              # RLIMIT_* name -> value
+    cwd: str                   # its private working folder, inside
+    writable: list             # host folders it sees read-write (its socket folder)
+    readable: list             # host folders it sees read-only (its connection file's)
+    files: dict                # host copy -> path inside its working folder (read-only)
+    tmp_bytes: int             # size of its /tmp and /dev/shm
+    run_bytes: int             # size of its working folder
+    run_inodes: int            # files and folders in it
+    threads: str | None        # thread counts to restore (OMP_NUM_THREADS's value)
+    boot: str                  # the entry point it runs, inside
+    cgroup_procs: list = field(default_factory=list)  # cgroup.procs files the client opens for it
+    argv: list = field(default_factory=list)          # ipykernel's arguments, set by the client
+
+    def write(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(asdict(self), f)
+
+    @classmethod
+    def read(cls, path: str) -> "Request":
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
 # ----------------------------------------------------------------------------- messages
 
 def send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
@@ -147,15 +178,15 @@ def receive(sock: socket.socket) -> tuple[dict, list[int]]:
 def serve(path: str, roots: list[str], join: list[int]) -> None:
     """Import once, then fork one confined kernel per request, for ever (the batch ends it).
     join: open cgroup.procs files of a test cgroup, for the test fork."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the lab's set-up cell does before importing
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logs quiet, should it be preloaded
     os.environ.setdefault("MPLBACKEND", INLINE)  # as ipykernel does before the notebook imports pyplot
     wanted_blas = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # no BLAS thread pool yet: fork only a single thread
     started = time.monotonic()
     import importlib
-    for name in IMPORTS:
+    for name in (*IMPORTS, *filter(None, os.environ.get(PRELOAD_VAR, "").split(","))):
         importlib.import_module(name)
-    import kernel_boot  # noqa: F401  (bound beside this file; the kernels activate it)
+    import boot  # noqa: F401  (bound beside this file; the kernels activate it)
     if wanted_blas is None:
         os.environ.pop("OPENBLAS_NUM_THREADS")
     else:
@@ -177,8 +208,9 @@ def serve(path: str, roots: list[str], join: list[int]) -> None:
     while True:
         conn, _ = server.accept()
         try:
-            request, fds = receive(conn)
-        except (OSError, ValueError) as exc:
+            message, fds = receive(conn)
+            request = Request(**message)
+        except (OSError, ValueError, TypeError) as exc:
             print(f"zygote: bad request ({exc})", flush=True)
             conn.close()
             continue
@@ -215,8 +247,9 @@ def _self_test(roots: list[str], join: list[int], fresh: bool = True) -> str:
             seen = [p for p in sys.path if p and os.path.exists(p)]
             _unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
             _loopback_up()
-            _confine_files({"writable": [], "readable": [], "files": {}, "tmp_bytes": 1 << 20,
-                            "cwd": os.getcwd(), "run_bytes": 1 << 20, "run_inodes": 64}, roots)
+            _confine_files(Request(env={}, rlimits={}, cwd=os.getcwd(), writable=[], readable=[], files={},
+                                   tmp_bytes=1 << 20, run_bytes=1 << 20, run_inodes=64, threads=None, boot=""),
+                           roots)
             gone = [p for p in seen if not os.path.exists(p)]
             if gone:
                 raise FileNotFoundError(f"the confined fork lost {gone}")
@@ -228,7 +261,7 @@ def _self_test(roots: list[str], join: list[int], fresh: bool = True) -> str:
                         os._exit(3)
                     drop_capabilities()
                     if fresh:
-                        _fresh_state({"threads": 1})
+                        _fresh_state(1)
                     os._exit(0)
                 except BaseException:
                     os._exit(4)
@@ -256,7 +289,7 @@ def _fresh_proc() -> None:
             _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def _first(conn: socket.socket, request: dict, fds: list[int], roots: list[str]) -> None:
+def _first(conn: socket.socket, request: Request, fds: list[int], roots: list[str]) -> None:
     """C: join the cgroup, new namespaces and mounts, then relay the client's messages to G."""
     code = 1
     try:
@@ -267,7 +300,7 @@ def _first(conn: socket.socket, request: dict, fds: list[int], roots: list[str])
             os.write(fd, b"0")  # "0": this process; its descendants follow
             os.close(fd)
         import resource
-        for name, value in request["rlimits"].items():
+        for name, value in request.rlimits.items():
             resource.setrlimit(getattr(resource, name), (value, value))
         _unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
         _loopback_up()
@@ -299,22 +332,22 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", iff_up_loopback_running))
 
 
-def _confine_files(request: dict, roots: list[str]) -> None:
+def _confine_files(request: Request, roots: list[str]) -> None:
     """Only the request's socket and connection-file folders stay visible in the batch's folders;
-    a private /tmp and /dev/shm; a private working folder (request["cwd"], this process's cwd in
+    a private /tmp and /dev/shm; a private working folder (request.cwd, this process's cwd in
     the zygote) holding the request's files, read-only."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    keep = {folder: (os.open(folder, os.O_PATH | os.O_DIRECTORY), False) for folder in request["writable"]}
-    keep |= {folder: (os.open(folder, os.O_PATH | os.O_DIRECTORY), True) for folder in request["readable"]}
-    files = {inside: os.open(source, os.O_PATH | os.O_NOFOLLOW) for source, inside in request["files"].items()}
-    for path in [*keep, *request["files"]]:
+    keep = {folder: (os.open(folder, os.O_PATH | os.O_DIRECTORY), False) for folder in request.writable}
+    keep |= {folder: (os.open(folder, os.O_PATH | os.O_DIRECTORY), True) for folder in request.readable}
+    files = {inside: os.open(source, os.O_PATH | os.O_NOFOLLOW) for source, inside in request.files.items()}
+    for path in [*keep, *request.files]:
         if not _inside(path, roots):
             raise PermissionError(f"{path} is not inside the batch's folders {roots}")
-    cwd = request["cwd"]
+    cwd = request.cwd
     if cwd == "/" or _inside(cwd, roots) or any(os.path.dirname(p) != cwd or os.path.basename(p) in ("", ".", "..")
                                                 for p in files):
         raise PermissionError(f"the working folder {cwd} must be a folder of its own, the files directly in it")
-    size = f"size={int(request['tmp_bytes'])},mode=1777"
+    size = f"size={int(request.tmp_bytes)},mode=1777"
     if os.path.isdir(HOSTPROC):
         _mount("tmpfs", HOSTPROC, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4096,mode=0555")
     below = _mounts_below(("/tmp", "/dev/shm"), roots)  # e.g. a venv in /tmp: it must stay visible
@@ -337,7 +370,7 @@ def _confine_files(request: dict, roots: list[str]) -> None:
         _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=65536,mode=0755")
     # The working folder: bounded in bytes and in inodes, its pages charged to the cgroup C joined.
     _mount("tmpfs", cwd, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={int(request['run_bytes'])},nr_inodes={int(request['run_inodes'])},mode=0755")
+           f"size={int(request.run_bytes)},nr_inodes={int(request.run_inodes)},mode=0755")
     for inside, fd in files.items():
         open(inside, "x").close()
         _bind(fd, inside, True)
@@ -391,7 +424,7 @@ def _relay(conn: socket.socket, init: int) -> None:
             return
 
 
-def _init(request: dict, stdio: list[int]) -> None:
+def _init(request: Request, stdio: list[int]) -> None:
     """G, pid 1: a fresh /proc, then the kernel; pass signals on, reap, end with the kernel."""
     code = 1
     try:
@@ -414,7 +447,7 @@ def _init(request: dict, stdio: list[int]) -> None:
     os._exit(code if code >= 0 else 128 - code)
 
 
-def _kernel(request: dict, stdio: list[int]) -> None:
+def _kernel(request: Request, stdio: list[int]) -> None:
     """K: no capabilities, the environment of a fresh kernel, then ipykernel with the given arguments."""
     try:
         for target, fd in enumerate(stdio):
@@ -422,14 +455,14 @@ def _kernel(request: dict, stdio: list[int]) -> None:
         os.closerange(3, 1 << 16)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         drop_capabilities()
-        os.chdir(request["cwd"])
+        os.chdir(request.cwd)
         os.environ.clear()
-        os.environ.update(request["env"])
-        _fresh_state(request)
-        sys.argv = [request["boot"], *request["argv"]]
+        os.environ.update(request.env)
+        _fresh_state(request.threads)
+        sys.argv = [request.boot, *request.argv]
         here = os.path.dirname(os.path.abspath(__file__))
         sys.path[:] = [p for p in sys.path if os.path.abspath(p) != here]
-        sys.modules["kernel_boot"].activate()
+        sys.modules["boot"].activate()
         from ipykernel import kernelapp
         kernelapp.launch_new_instance()
         code = 0
@@ -442,19 +475,20 @@ def _kernel(request: dict, stdio: list[int]) -> None:
     os._exit(code)
 
 
-def _fresh_state(request: dict) -> None:
+def _fresh_state(threads_wanted: str | int | None) -> None:
     """What a fresh interpreter would have: random seeds from the OS, the asked-for thread counts."""
     import random
 
     import numpy as np
     import threadpoolctl
-    import torch
 
     random.seed()
     np.random.seed()
-    torch.seed()
-    threads = int(request.get("threads") or os.cpu_count() or 1)
-    torch.set_num_threads(threads)
+    threads = int(threads_wanted or os.cpu_count() or 1)
+    torch = sys.modules.get("torch")  # preloaded by the lab, or not at all
+    if torch is not None:
+        torch.seed()
+        torch.set_num_threads(threads)
     threadpoolctl.threadpool_limits(threads)
 
 
@@ -462,13 +496,12 @@ def _fresh_state(request: dict) -> None:
 
 def client(path: str, request_file: str, argv: list[str]) -> int:
     """Ask the zygote for a kernel; live as long as it does (jupyter_client watches this process)."""
-    with open(request_file) as f:
-        request = json.load(f)
-    request["argv"] = argv
-    fds = [0, 1, 2] + [os.open(p, os.O_WRONLY) for p in request.pop("cgroup_procs", [])]
+    request = Request.read(request_file)
+    request.argv = argv
+    fds = [0, 1, 2] + [os.open(p, os.O_WRONLY) for p in request.cgroup_procs]
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(path)
-    send(conn, request, fds)
+    send(conn, asdict(request), fds)
 
     def relay(signum, frame):
         try:

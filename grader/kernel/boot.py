@@ -1,9 +1,9 @@
-"""The grading kernel's entry point: `python kernel_boot.py -f {connection_file}`.
+"""The grading kernel's entry point: `python boot.py -f {connection_file}`.
 
 It starts an IPython kernel exactly as `python -m ipykernel_launcher -f ...` does. When the
-grading environment sets CRAFT_LAB_CUDA_ON_CPU=1 and torch finds no GPU, it first makes the
+grading environment sets GRADER_CUDA_ON_CPU=1 and torch finds no GPU, it first makes the
 CPU stand in for CUDA, so that a notebook written on a Colab GPU runtime (device='cuda',
-.cuda(), .to('cuda'), torch.device('cuda:0'), CraftTorch(device='cuda'),
+.cuda(), .to('cuda'), torch.device('cuda:0'), a library object given device='cuda',
 torch.cuda.synchronize(), ...) computes on the CPU what it would on the GPU, instead of
 failing with "Found no NVIDIA driver" and losing the points of every cell after it.
 
@@ -28,12 +28,12 @@ What the shim covers (from the moment torch is imported, in the thread that impo
   max_memory_allocated, memory_reserved, max_memory_reserved, memory_stats already run
   quietly without a GPU: left alone.)
 torch.cuda.is_available() stays False and device_count() 0: code that picks its device by
-availability gets the CPU, and libraries never take CUDA-only paths. The lab's own `device`
-comes from craftlab.pick_device(): for it to be "cuda", as on a Colab GPU (the checks compare
-a student's CraftTorch device with it), the grading environment also sets CRAFT_LAB_DEVICE=cuda.
+availability gets the CPU, and libraries never take CUDA-only paths. A lab whose own `device`
+should be "cuda", as on a Colab GPU, sets it through its own settings in the grading environment
+(grader/lab.py, kernel_env(gpu=True)).
 
 What it does not cover (such a notebook still fails or differs; grader/gpu.py flags the
-CUDA errors for review): a device given as a bare index (device=0, .to(0)); torch.load with
+CUDA errors in a note): a device given as a bare index (device=0, .to(0)); torch.load with
 map_location="cuda"; torch.Generator(device="cuda"); torch.cuda.Stream / Event /
 get_device_properties / mem_get_info / get_rng_state; legacy torch.cuda.FloatTensor types;
 torch threads other than the one that imported torch. Tensors report device "cpu" and
@@ -41,8 +41,8 @@ is_cuda False, so code that tests for a GPU tensor, or calls .numpy() on one, be
 CPU; torch.autocast("cuda") warns and is disabled, as on any CPU. Random numbers drawn "on
 CUDA" come from the CPU generator (the numbers differ from a GPU's anyway).
 
-With CRAFT_LAB_TF_EAGER=1 (TF_EAGER, also set for grading), TensorFlow runs its tf.functions
-eagerly once it is imported: no XLA compilation of Xplique's tiny Sobol estimators.
+With GRADER_TF_EAGER=1 (TF_EAGER, also set for grading), TensorFlow runs its tf.functions
+eagerly once it is imported: no XLA compilation of a library's tiny jit-compiled functions.
 
 It writes nothing to stderr (nbgrader scores 0 for a graded cell that does). If the shim
 cannot be installed it says so on stdout and the notebook runs without it.
@@ -56,12 +56,12 @@ import re
 import sys
 from pathlib import Path
 
-CUDA_ON_CPU = "CRAFT_LAB_CUDA_ON_CPU"  # set to 1 in the grading environment to turn the shim on
-# Set to 1 in the grading environment: TensorFlow runs its tf.functions eagerly. Xplique's Sobol
-# estimators are tf.function(jit_compile=True) on arrays of a few hundred numbers: XLA compiles
-# each shape again (2 s for the first, 0.1-0.2 s for later ones) to run what takes 5 ms eagerly.
+CUDA_ON_CPU = "GRADER_CUDA_ON_CPU"  # set to 1 in the grading environment to turn the shim on
+# Set to 1 in the grading environment: TensorFlow runs its tf.functions eagerly. A tiny
+# tf.function(jit_compile=True) on arrays of a few hundred numbers makes XLA compile each shape again
+# (2 s for the first, 0.1-0.2 s for later ones) to run what takes 5 ms eagerly.
 # The results are the same up to float rounding, and the batch's reference run uses it too.
-TF_EAGER = "CRAFT_LAB_TF_EAGER"
+TF_EAGER = "GRADER_TF_EAGER"
 DEVICE_NAME = "CPU standing in for CUDA (the grader has no GPU)"
 _CUDA = re.compile(r"cuda(:\d+)?")
 _NOOPS = ("synchronize", "ipc_collect", "set_device", "reset_peak_memory_stats",

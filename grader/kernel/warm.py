@@ -1,6 +1,6 @@
-"""Start and stop the batch's zygote (grader/zygote.py), and tell the workers where it is.
+"""Start and stop the batch's zygote (kernel/zygote.py), and tell the workers where it is.
 
-    with warm.start(roots, env, binds, log, echo) as zygote:   # None: cold kernels (echo says why)
+    with warm.start(roots, env, binds, log, echo, limits) as zygote:   # None: cold kernels (echo says why)
         ... workers get {ENV_VAR: zygote.folder} and pass Zygote.from_env() to Sandbox(zygote=...)
 
 A Sandbox uses the zygote only where it can confine a fork as well as a cold kernel: bwrap
@@ -9,7 +9,7 @@ user: see zygote.py). Before serving, the zygote confines a test fork and has it
 cgroup; otherwise, and whenever the zygote cannot start, kernels start cold: slower, never
 less safe. check() runs that test alone, in a second (`python -m grader doctor`).
 
-The zygote's folder (/tmp/craft-zyg-*) is removed when the block ends. If the batch process is
+The zygote's folder (/tmp/grader-zyg-*) is removed when the block ends. If the batch process is
 killed instead (SIGKILL), bubblewrap's --die-with-parent ends the zygote and, with its pid
 namespace, every warm kernel; the folder stays until the next start() removes it (its owner.json
 names a process that no longer runs).
@@ -26,20 +26,19 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from . import BOOT, HERE, INSIDE, ZYGOTE, cgroups, probe, reap
 from . import sandbox as sbx
 from . import zygote as zyg
-from .worker import BOOT
 
-ENV_VAR = "CRAFT_LAB_ZYGOTE"            # the batch's zygote folder (zygote.json), for the workers
-HERE = Path(__file__).resolve().parent
+ENV_VAR = "GRADER_ZYGOTE"            # the batch's zygote folder (zygote.json), for the workers
 SCRIPT = HERE / "zygote.py"
-INSIDE = str(PurePosixPath(BOOT).parent)  # zygote.py is bound beside kernel_boot.py, which it imports
+SOCKET, SHARE = "zygote.sock", "share"   # in the zygote's folder: its socket, the kernels' socket folders
 HOSTPROC = f"{INSIDE}/{zyg.HOSTPROC_NAME}"  # the host's /proc in the zygote's sandbox (zygote.HOSTPROC)
 INFO = "zygote.json"
 OWNER = "owner.json"                   # the batch process the folder belongs to: {"pid", "started"}
-PREFIX = "craft-zyg-"
+PREFIX = "grader-zyg-"
 START_TIMEOUT_S = 300
 
 
@@ -51,11 +50,11 @@ class Zygote:
 
     @property
     def socket(self) -> Path:
-        return self.folder / "zygote.sock"
+        return self.folder / SOCKET
 
     @property
     def share(self) -> Path:
-        return self.folder / "share"
+        return self.folder / SHARE
 
     @property
     def script(self) -> Path:
@@ -65,7 +64,7 @@ class Zygote:
     def boot(self) -> str:
         return BOOT
 
-    def serves(self, caps: sbx.Capabilities) -> bool:
+    def serves(self, caps: probe.Capabilities) -> bool:
         """Can a fork confine a kernel as well as a cold sandbox would?"""
         return not unavailable(caps) and self.socket.exists()
 
@@ -78,14 +77,14 @@ class Zygote:
         return cls(Path(folder), tuple(info["roots"]))
 
 
-def unavailable(caps: sbx.Capabilities) -> str:
+def unavailable(caps: probe.Capabilities) -> str:
     """'' if this machine may run warm kernels (the zygote's test fork has the last word), else
     why not, in words: one sentence, with the command that fixes it where there is one."""
     if not caps.namespaces:
         return "no bubblewrap sandbox here"
     if caps.cgroup == "systemd":
         return ("each kernel gets a systemd scope of its own, which a fork cannot join; grade from a shell in a "
-                f"scope delegated to you for warm kernels: `{sbx.SYSTEMD_DELEGATE}`")
+                f"scope delegated to you for warm kernels: `{probe.SYSTEMD_DELEGATE}`")
     if caps.cgroup not in ("v1", "v2"):
         return "no cgroup the grader may make here (as root, or in a subtree delegated to you)"
     return ""
@@ -100,24 +99,24 @@ def _command(folder: Path, roots: tuple[str, ...], env: dict[str, str], binds: d
     the capabilities asked for; root gets them all). join: file descriptors of a test cgroup's
     cgroup.procs files, passed on to the zygote's test fork. mode "check": only the test fork,
     without the imports."""
-    etc = sbx._write_etc(folder, sbx.WORKDIR)
+    etc = sbx.write_etc(folder, sbx.WORKDIR)
     binds = {str(Path(h).resolve()): str(i) for h, i in binds.items()} | {
-        str(SCRIPT): f"{INSIDE}/zygote.py", str(HERE / "kernel_boot.py"): BOOT}
+        str(SCRIPT): ZYGOTE, str(HERE / "boot.py"): BOOT}
     writable = {r: r for r in roots} | {"/proc": HOSTPROC}
-    args = sbx._bwrap_args(caps.bwrap, etc, sbx.kernel_env(sbx.WORKDIR, True, env), limits.tmp_mb,
+    args = sbx.bwrap_args(caps.bwrap, etc, sbx.kernel_env(sbx.WORKDIR, True, env), limits.tmp_mb,
                            limits.run_mb, binds=binds, writable=writable)
-    where = [str(folder / "zygote.sock")] if mode == "serve" else []
+    where = [str(folder / SOCKET)] if mode == "serve" else []
     joined = ["--join", ",".join(map(str, join))] if join else []
     caps_added = [x for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP") for x in ("--cap-add", cap)]
     return [*args, *caps_added, "--", sys.executable, f"{INSIDE}/zygote.py", mode, *where, *joined, *roots]
 
 
 @contextlib.contextmanager
-def _test_cgroup(caps: sbx.Capabilities):
+def _test_cgroup(caps: probe.Capabilities):
     """A cgroup of the sandboxes' kind for the zygote's test fork to join: the cgroup.procs files,
     open for writing (empty if it cannot be made: the test then tells). Removed after the block."""
     try:
-        group = sbx._Cgroup.create(caps.cgroup, f"craft-sbx-probe-{secrets.token_hex(4)}", None)
+        group = cgroups.Cgroup.create(caps.cgroup, f"grader-sbx-probe-{secrets.token_hex(4)}", None)
     except OSError:
         yield []
         return
@@ -135,51 +134,54 @@ def _test_cgroup(caps: sbx.Capabilities):
             pass
 
 
-def check(caps: sbx.Capabilities | None = None) -> str:
+def check(limits: sbx.Limits, caps: probe.Capabilities | None = None) -> str:
     """'' if warm kernels work here, else why not: the zygote's test fork alone (no imports, about a
-    second), in the zygote's own sandbox, joining a test cgroup."""
-    caps = caps or sbx.probe()
+    second), in the zygote's own sandbox (`limits`: the kernels'), joining a test cgroup."""
+    caps = caps or probe.probe()
     why = unavailable(caps)
     if why:
         return why
-    folder = Path(tempfile.mkdtemp(prefix="craft-zygcheck-"))
+    folder = Path(tempfile.mkdtemp(prefix="grader-zygcheck-"))
     try:
         with _test_cgroup(caps) as fds:
-            argv = _command(folder, (str(folder),), {}, {}, caps, sbx.Limits.load(), fds, mode="check")
+            argv = _command(folder, (str(folder),), {}, {}, caps, limits, fds, mode="check")
             try:
                 done = subprocess.run(argv, capture_output=True, text=True, timeout=60, pass_fds=fds)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 return f"the test fork did not run ({type(exc).__name__}: {exc})"
     finally:
-        sbx._remove_tree(folder)
+        reap.remove_tree(folder)
     said = (done.stdout + done.stderr).strip().splitlines()
     return "" if done.returncode == 0 else "a confined fork failed here: " + (said[-1] if said else
                                                                             f"exit status {done.returncode}")
 
 
 @contextlib.contextmanager
-def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo):
-    """Run a zygote for the block (None: cold kernels); `env` and `binds` as a kernel's sandbox's.
+def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo, limits: sbx.Limits,
+          preload: tuple[str, ...] = (), libraries: str = "its libraries"):
+    """Run a zygote for the block (None: cold kernels); `env`, `binds` and `limits` as a kernel's sandbox's;
+    `preload`: the modules it imports once (`libraries` says them in words).
     The workers find it through ENV_VAR, which the caller adds to their environment."""
-    caps = sbx.probe()
+    caps = probe.probe()
     why = unavailable(caps)
     if why:
-        echo(f"Warm kernels off ({why}): every kernel imports torch, TensorFlow and Xplique itself.")
+        echo(f"Warm kernels off ({why}): every kernel imports {libraries} itself.")
         yield None
         return
     _remove_stale(Path(tempfile.gettempdir()))
     folder = Path(tempfile.mkdtemp(prefix=PREFIX))
     (folder / OWNER).write_text(json.dumps(_owner(os.getpid())))
     all_roots = tuple(str(Path(r).resolve()) for r in roots) + (str(folder),)
-    (folder / "share").mkdir()
+    (folder / SHARE).mkdir()
     zygote = Zygote(folder, all_roots)
     proc = None
     try:
         with _test_cgroup(caps) as fds, open(log, "ab") as out:
-            proc = subprocess.Popen(_command(folder, all_roots, env, binds, caps, sbx.Limits.load(), fds),
+            proc = subprocess.Popen(_command(folder, all_roots, env | {zyg.PRELOAD_VAR: ",".join(preload)}, binds,
+                                             caps, limits, fds),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, pass_fds=fds)
-            waited = _wait_ready(proc, zygote, log, echo)  # its test fork has left the test cgroup by then
+            waited = _wait_ready(proc, zygote, log, echo, libraries)  # its test fork has left the test cgroup by then
         if waited is None:
             yield None
             return
@@ -192,7 +194,7 @@ def start(roots: list[Path], env: dict[str, str], binds: dict, log: Path, echo):
             proc.kill()
             proc.wait(timeout=30)
         try:
-            sbx._remove_tree(folder)
+            reap.remove_tree(folder)
         except OSError as exc:
             echo(f"Warm kernels: could not remove {folder} ({exc})")
 
@@ -217,9 +219,9 @@ def _remove_stale(tmp: Path) -> list[Path]:
             pid, started = int(owner["pid"]), float(owner["started"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if _owner(pid) != {"pid": pid, "started": started} and not _listening(folder / "zygote.sock"):
+        if _owner(pid) != {"pid": pid, "started": started} and not _listening(folder / SOCKET):
             try:
-                sbx._remove_tree(folder)
+                reap.remove_tree(folder)
             except OSError:
                 continue
             removed.append(folder)
@@ -228,18 +230,18 @@ def _remove_stale(tmp: Path) -> list[Path]:
 
 def _listening(path: Path) -> bool:
     """A process still accepts connections on this Unix socket."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(1)
         try:
-            probe.connect(str(path))
+            client.connect(str(path))
             return True
         except OSError:
             return False
 
 
-def _wait_ready(proc: subprocess.Popen, zygote: Zygote, log: Path, echo) -> float | None:
+def _wait_ready(proc: subprocess.Popen, zygote: Zygote, log: Path, echo, libraries: str) -> float | None:
     started = time.monotonic()
-    echo("Warm kernels: importing torch, TensorFlow and Xplique once for the whole batch...")
+    echo(f"Warm kernels: importing {libraries} once for the whole batch...")
     while not zygote.socket.exists():
         if proc.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
             echo(f"Warm kernels off: the zygote did not start (see {log}); kernels start cold.")

@@ -1,0 +1,97 @@
+"""A submission's job folder and what the parent asks of the worker: the one place the layout lives.
+
+    out/                        the batch's folder (BatchFolders)
+      nbgrader/                 the main nbgrader folder: gradebook.db, submitted/, autograded/, feedback/
+      work/<student>/           one submission's job folder (JobFolder): its own gradebook and
+                                nbgrader folders, job.json, worker.log, result.json, evidence/,
+                                verification.json, merged.json, and empty folders kernels start from
+      work/_template/           an empty gradebook and the student version, copied for each job
+
+nbgrader's own layout inside any nbgrader folder: <kind>/<student>/<assignment>/<notebook>.ipynb
+(kind: submitted, autograded, feedback), gradebook.db beside them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .course import Course
+from .results import write_json
+
+JOB, RESULT, LOG = "job.json", "result.json", "worker.log"
+EVIDENCE = "evidence"               # what the captures sent, as the worker received it
+VERIFICATION = "verification.json"  # each graded cell's verdict and any tampering evidence
+MERGED = "merged.json"              # the result once merged into the main gradebook
+GRADEBOOK = "gradebook.db"
+
+
+def notebook_path(folder: Path, kind: str, student: str, course: Course, suffix: str = ".ipynb") -> Path:
+    """nbgrader's <folder>/<kind>/<student>/<assignment>/<notebook><suffix>."""
+    return folder / kind / student / course.assignment / f"{course.notebook}{suffix}"
+
+
+@dataclass(frozen=True)
+class JobFolder:
+    """One submission's job folder (an nbgrader folder of its own, and the worker's files)."""
+    path: Path
+
+    @property
+    def student(self) -> str:
+        return self.path.name
+
+    @property
+    def gradebook(self) -> Path:
+        return self.path / GRADEBOOK
+
+    def notebook(self, kind: str, course: Course, student: str | None = None) -> Path:
+        return notebook_path(self.path, kind, student or self.student, course)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+@dataclass(frozen=True)
+class BatchFolders:
+    """The output folder's parts (see the module's docstring)."""
+    out: Path
+
+    @property
+    def main(self) -> Path:
+        return self.out / "nbgrader"
+
+    @property
+    def main_db(self) -> Path:
+        return self.main / GRADEBOOK
+
+    @property
+    def work(self) -> Path:
+        return self.out / "work"
+
+    @property
+    def template(self) -> Path:
+        return self.work / "_template"
+
+    def job(self, student: str) -> JobFolder:
+        return JobFolder(self.work / student)
+
+
+@dataclass
+class Job:
+    """What the parent asks the worker to grade (job.json in the job folder)."""
+    student: str
+    source: str             # the submitted file, as collected
+    release: str            # the student version the submission is checked against
+    cell_timeout_s: int
+    file: str = ""
+    sha256: str = ""
+    allow_unsafe: bool = False   # grade even where the sandbox lacks a protection (the TA said so)
+    seed: int | None = None      # the batch's secret seed (None: no captures, no verification)
+    reference_job: str = ""      # job folder of the batch's trusted reference run ("": this IS it)
+
+    def write(self, job_dir: Path) -> None:
+        write_json(Path(job_dir) / JOB, asdict(self))
+
+    @classmethod
+    def read(cls, job_dir: Path) -> "Job":
+        return cls(**json.loads((Path(job_dir) / JOB).read_text()))
