@@ -76,7 +76,11 @@ if ways:  # an empty tmpfs over each folder the user may not enter, with only th
         fds = [os.open(path, os.O_PATH) for path in paths]
         check(libc.mount(b"tmpfs", blocked.encode(), b"tmpfs", 0, b"mode=0755"), "tmpfs on " + blocked)
         for path, fd in zip(paths, fds):
-            os.makedirs(path, exist_ok=True)
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(path, exist_ok=True)
+            else:  # a file is bound onto a file
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, "a").close()
             check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, 4096 | 16384, None), "bind " + path)
 os.setgroups([])
 os.setgid(gid)
@@ -176,7 +180,12 @@ def _can_enter(folder: Path, user: pwd.struct_passwd) -> bool:
 
 
 def _ways(paths: list[Path], user: pwd.struct_passwd) -> dict[str, list[str]]:
-    """{the highest folder the user may not enter: [the needed paths under it]}."""
+    """{the highest folder the user may not enter: [the needed paths under it]}.
+
+    A needed folder the user may not enter itself (a clone in `mktemp -d`'s 0700 folder) is
+    opened by its entries: a bind keeps a folder's own mode, so its entries are bound instead."""
+    paths = [entry for path in paths
+             for entry in (sorted(path.iterdir()) if path.is_dir() and not _can_enter(path, user) else [path])]
     ways: dict[str, list[str]] = {}
     for path in paths:
         for folder in [*reversed(path.parents), path]:
