@@ -289,7 +289,7 @@ def _publish(course: Course, folders: BatchFolders, job_dir: Path, result: Gradi
         if src.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(src, dst)
-    page = folders.out / "feedback" / student / f"{name}.html"
+    page = folders.page(student, course)
     page.parent.mkdir(parents=True, exist_ok=True)
     page.unlink(missing_ok=True)
     html = notebook_path(folders.main, "feedback", student, course, ".html")

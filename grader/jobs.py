@@ -6,6 +6,7 @@
                                 nbgrader folders, job.json, worker.log, result.json, evidence/,
                                 verification.json, merged.json, and empty folders kernels start from
       work/_template/           an empty gradebook and the student version, copied for each job
+      feedback/<student>/<notebook>.html   each student's page (BatchFolders.page)
 
 nbgrader's own layout inside any nbgrader folder: <kind>/<student>/<assignment>/<notebook>.ipynb
 (kind: submitted, autograded, feedback), gradebook.db beside them.
@@ -74,6 +75,10 @@ class BatchFolders:
 
     def job(self, student: str) -> JobFolder:
         return JobFolder(self.work / student)
+
+    def page(self, student: str, course: Course) -> Path:
+        """The feedback page to send back to a student."""
+        return self.out / "feedback" / student / f"{course.notebook}.html"
 
 
 @dataclass

@@ -27,7 +27,7 @@ from . import gpu
 from . import repair as repair_mod
 from .course import GRADER_DIR, Course
 from .execute import TIMING_KEY, cell_label, outcome
-from .jobs import EVIDENCE, RESULT, VERIFICATION, Job, JobFolder
+from .jobs import EVIDENCE, RESULT, VERIFICATION, Job, JobFolder, notebook_path
 from .results import GradingResult, write_json
 
 # Exception names a student knows, for the private ones Python raises in their place.
@@ -259,7 +259,7 @@ def _feedback(g: Grading) -> None:
     if error:
         g.result.notes.append(f"no feedback file: nbgrader generate_feedback failed ({error})")
         return
-    page = g.folder.path / "feedback" / g.job.student / g.course.assignment / f"{g.course.notebook}.html"
+    page = notebook_path(g.folder.path, "feedback", g.job.student, g.course, ".html")
     try:  # the feedback template already did it: this makes sure, or publishes no page
         protect_page(page)
     except (OSError, ValueError) as exc:

@@ -21,6 +21,7 @@ from pathlib import Path
 from . import course as course_mod
 from .collect import Student
 from .course import GRADER_DIR, Course
+from .jobs import GRADEBOOK
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def prepare_gradebook(course: Course, work: Path) -> Path:
     proc = subprocess.run(cmd, cwd=GRADER_DIR, env=course_mod.nbgrader_env(work, course), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"could not prepare the gradebook in {work}:\n{proc.stderr}")
-    return work / "gradebook.db"
+    return work / GRADEBOOK
 
 
 def copy_gradebook(template: Path, dest: Path) -> None:
