@@ -1,4 +1,4 @@
-"""Command line of the kit: python -m grader {demo,student,record,check-sync,grade,export,doctor}."""
+"""Command line of the kit: python -m grader {demo,student,record,check-sync,grade,formgrade,export,doctor}."""
 from __future__ import annotations
 
 import argparse
@@ -103,6 +103,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_formgrade(args) -> int:
+    """Formgrader on a graded batch, for the written answers, until Ctrl-C."""
+    from . import formgrade
+
+    return formgrade.serve(load(), args.out, args.port, args.ip)
+
+
+def add_formgrade_parser(sub) -> None:
+    from .formgrade import DEFAULT_IP
+
+    p = sub.add_parser("formgrade", help="score the written answers of a graded batch in formgrader (a Jupyter "
+                                         "server on this machine; its address is printed; Ctrl-C stops it)")
+    p.add_argument("--out", type=Path, default=ROOT / ".grading" / "batch",
+                   help="the output folder of `grade` (default .grading/batch)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default: 8888 or the next free one)")
+    p.add_argument("--ip", default=DEFAULT_IP, help=f"address to listen on (default {DEFAULT_IP}: this machine only)")
+
+
 def cmd_doctor(args) -> int:
     """What grading will look like on this machine; 1 if it would be refused."""
     from . import doctor
@@ -152,6 +170,7 @@ def main(argv=None) -> int:
     sub.add_parser("record", help="re-execute the source notebook offline to record the outputs nbval checks")
     sub.add_parser("check-sync", help="fail if the committed student notebook is stale")
     add_grade_parser(sub)
+    add_formgrade_parser(sub)
     export = sub.add_parser("export", help="after grading the written answers in formgrader: rewrite grades.csv, "
                                            "results.csv, summary.md and scores.png from the batch's gradebook")
     export.add_argument("--out", type=Path, default=ROOT / ".grading" / "batch",
@@ -161,7 +180,7 @@ def main(argv=None) -> int:
                                   "would be refused")
     args = parser.parse_args(argv)
     return {"demo": cmd_demo, "student": cmd_student, "record": cmd_record, "check-sync": cmd_check_sync,
-            "grade": cmd_grade, "export": cmd_export, "doctor": cmd_doctor}[args.command](args)
+            "grade": cmd_grade, "formgrade": cmd_formgrade, "export": cmd_export, "doctor": cmd_doctor}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 import nbformat
 from nbgrader import utils as nbu
 
-from . import collect, lab, report, runner, score, text
+from . import collect, feedback, lab, report, runner, score, text
 from .course import ROOT, Course, grading_env
 from .course import kernel_spec as course_kernel_spec
 from .jobs import EVIDENCE, GRADEBOOK, LOG, MERGED, BatchFolders, Job, notebook_path
@@ -445,15 +445,17 @@ def _kept_summary_lines(summary: Path) -> list[str]:
 
 
 def export(course: Course, out: Path, echo=print) -> tuple[report.Points, list[str], report.Waiting]:
-    """Rewrite grades.csv, results.csv, summary.md and scores.png of a batch already graded in
-    `out` from its main gradebook, after a TA scored the written answers (or corrected a score)
-    in formgrader. Grades nothing, runs no notebook."""
+    """Rewrite the feedback pages, grades.csv, results.csv, summary.md and scores.png of a batch
+    already graded in `out` from its main gradebook, after a TA scored the written answers (or
+    corrected a score) in formgrader (grader/feedback.py for the pages). Grades nothing, runs no
+    notebook."""
     folders = BatchFolders(Path(out).resolve())
     if not folders.main_db.exists():
         raise SystemExit(f"{folders.main_db} not found: `python -m grader grade ... --out {out}` first")
     max_tests = score.max_scores(folders.main_db, course.assignment)
     manual = score.manual_max_scores(folders.main_db, course.assignment)
     results = [GradingResult.read(path) for path in sorted(folders.work.glob(f"*/{MERGED}"))]
+    feedback.regenerate(course, folders, results, echo)
     points, tables, waiting = report_phase(course, folders, results, tests_in_order(course, max_tests), max_tests,
                                            _kept_summary_lines(folders.out / "summary.md"), manual)
     echo(tables[0] + "\n\n" + tables[1])

@@ -36,7 +36,8 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 # Student content is hostile (grader/sanitize.py): every HTML page made from a notebook, in
 # formgrader and by generate_feedback, shows it made inert, and feedback pages carry a
 # Content-Security-Policy that lets no script run (a template for generate_feedback's exporter
-# only: formgrader keeps its own).
-c.HTMLExporter.preprocessors = ["grader.sanitize.SanitizeNotebook"]
+# only: formgrader keeps its own). In formgrader's exporter only, each written answer is
+# followed by its model answer and rubric from the source notebook (grader/rubric.py).
+c.HTMLExporter.preprocessors = ["grader.rubric.ShowRubrics", "grader.sanitize.SanitizeNotebook"]
 c.GenerateFeedback.HTMLExporter.template_file = str(Path(__file__).resolve().parent / "templates"
                                                      / "feedback_csp.html.j2")
