@@ -96,7 +96,7 @@ def cmd_grade(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Rewrite a graded batch's reports from its gradebook, after manual grading in formgrader."""
+    """Rewrite a graded batch's reports and feedback pages from its gradebook, after manual grading in formgrader."""
     from . import batch
 
     batch.export(load(), args.out)
@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     add_grade_parser(sub)
     add_formgrade_parser(sub)
     export = sub.add_parser("export", help="after grading the written answers in formgrader: rewrite grades.csv, "
-                                           "results.csv, summary.md and scores.png from the batch's gradebook")
+                                           "results.csv, summary.md, scores.png and the feedback pages from the "
+                                           "batch's gradebook")
     export.add_argument("--out", type=Path, default=ROOT / ".grading" / "batch",
                         help="the output folder of `grade` (default .grading/batch)")
     sub.add_parser("doctor", help="what grading will look like on this machine: each protection on or off, warm "

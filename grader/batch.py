@@ -8,7 +8,7 @@ Layout of the output folder (OUT):
   scores.png                  heatmap of points per test, histogram of totals
   feedback/<student>/<notebook>.html
   nbgrader/                   the main nbgrader folder: gradebook.db, submitted/, autograded/,
-                              feedback/ (use it with GRADER_WORK=OUT/nbgrader for formgrader)
+                              feedback/ (`python -m grader formgrade --out OUT` serves it in formgrader)
   work/<student>/             one submission's own grading: its gradebook, worker.log, result.json
   collected/                  a copy of the input, archives unpacked
 
@@ -506,6 +506,7 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
          f"results.csv, summary.md, scores.png and feedback/ in {folders.out}")
     left = sum(len(v) for v in waiting.values())
     if left:
-        echo(f"{left} written answers wait for manual grading (see summary.md): score them in formgrader, then "
-             f"`python -m grader export --out {opts.out}` (grader/README-TA.md, *Written answers*).")
+        echo(f"{left} written answers wait for manual grading (see summary.md): score them with `python -m grader "
+             f"formgrade --out {opts.out}`, then `python -m grader export --out {opts.out}` (grader/README-TA.md, "
+             "*Written answers*).")
     return Batch(results, points, tests, max_tests, found, seconds, len(todo), tables, manual, waiting)

@@ -145,12 +145,12 @@ def waiting_lines(results: list[GradingResult], waiting: Waiting, manual: dict[s
         f"{answers} written answers in {len(left)} submissions wait for a TA ({cells}: graded by a person, "
         "never automatically). They are not failures: until a TA scores them they count 0 in the totals "
         "above, in `grades.csv` and in `results.csv` (column `waiting_manual` lists them).", "",
-        f"To grade them: `cd grader && GRADER_WORK={out / 'nbgrader'} ../.venv/bin/jupyter lab`, open "
-        "nbgrader's *Formgrader* (menu *Nbgrader*, or /formgrader), *Manual Grading*, and score each answer "
-        f"with its rubric (in the answer cells of the source notebook, {source}, "
-        "which students never get); then "
-        f"`.venv/bin/python -m grader export --out {out}` rewrites grades.csv, results.csv, this summary and "
-        "scores.png from the gradebook. Details: grader/README-TA.md, *Written answers*.", "",
+        f"To grade them: `.venv/bin/python -m grader formgrade --out {out}` starts nbgrader's Formgrader on "
+        "this batch and prints its address; there each answer has a score box, a comment box and its model "
+        f"answer and rubric (from the source notebook, {source}, which students never get). Then "
+        f"`.venv/bin/python -m grader export --out {out}` rewrites grades.csv, results.csv, this summary, "
+        "scores.png and the students' feedback pages from the gradebook. Details: grader/README-TA.md, "
+        "*Written answers*.", "",
         "| student | waiting |", "|---|---|",
         *[f"| {text.markdown_cell(sid)} | {', '.join(cells_)} |" for sid, cells_ in sorted(left.items())]]
 

@@ -343,7 +343,8 @@ def test_the_worker_autogrades_with_it_and_protects_the_page(tmp_path, monkeypat
     cfg = pipeline.nbgrader_config(60)
     wired = list(cfg.Autograde.autograde_preprocessors)
     assert wired.index(sanitize.SanitizeNotebook) > wired.index(SaveAutoGrades)
-    assert cfg.HTMLExporter.preprocessors == ["grader.sanitize.SanitizeNotebook"]
+    # the sanitizer last, over all a page shows (the rubrics ShowRubrics adds in formgrader too)
+    assert cfg.HTMLExporter.preprocessors == ["grader.rubric.ShowRubrics", "grader.sanitize.SanitizeNotebook"]
 
     monkeypatch.setenv("GRADER_WORK", str(tmp_path))
     course = course_mod.load()
