@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -136,12 +137,17 @@ def _rows(path) -> dict[str, dict[str, str]]:
 def _start(out: Path, env: dict) -> tuple[subprocess.Popen, str]:
     server = subprocess.Popen([sys.executable, "-m", "grader", "formgrade", "--out", str(out), "--port", "0"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(300, server.kill)  # a server that never says where it is does not hang the suite
+    watchdog.start()
     said = []
-    for line in server.stdout:
-        said.append(line)
-        found = re.search(r"(http://127\.0\.0\.1:\d+/\S+\?token=\S+)", line)
-        if found:
-            return server, found.group(1)
+    try:
+        for line in server.stdout:
+            said.append(line)
+            found = re.search(r"(http://127\.0\.0\.1:\d+/\S+\?token=\S+)", line)
+            if found:
+                return server, found.group(1)
+    finally:
+        watchdog.cancel()
     raise AssertionError("formgrade printed no address:\n" + "".join(said))
 
 
@@ -154,6 +160,7 @@ def _score_in_formgrader(url: str, course) -> dict[str, str]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
+        page.set_default_timeout(120_000)  # a busy machine renders slowly
         page.goto(url)
         links = page.locator("a[href*='/formgrader/submissions/']")  # filled in by formgrader's script
         links.first.wait_for(state="attached")
@@ -162,7 +169,9 @@ def _score_in_formgrader(url: str, course) -> dict[str, str]:
         base = url.split("/formgrader")[0]
         for href in hrefs:
             page.goto(base + href if href.startswith("/") else href)
-            page.locator("#written_why").wait_for()
+            # formgrader's script has fetched the scores and comments and bound the boxes to them
+            page.wait_for_function("() => window.formgrader && formgrader.grades && formgrader.grades.loaded "
+                                   "&& formgrader.comments && formgrader.comments.loaded")
             shown = page.inner_text("body")
             sid = next(s for s, answer in ANSWERS.items() if answer in shown)
             pages[sid] = shown
