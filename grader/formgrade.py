@@ -20,7 +20,7 @@ from pathlib import Path
 
 from jupyter_server.serverapp import ServerApp
 
-from .course import COURSE_FILE, COURSE_VAR, GRADER_DIR, WORK_VAR, Course
+from .course import GRADER_DIR, Course, nbgrader_env
 from .jobs import BatchFolders
 
 EXTENSION = "nbgrader.server_extensions.formgrader"
@@ -62,11 +62,9 @@ def server(course: Course, out: Path, port: int | None = None, ip: str = DEFAULT
     if not folders.main_db.exists():
         raise SystemExit(f"{folders.main_db} not found: grade the batch first "
                          f"(`python -m grader grade SUBMISSIONS --out {out}`)")
-    os.environ[WORK_VAR] = str(folders.main)
-    if course.file != COURSE_FILE:
-        os.environ[COURSE_VAR] = str(course.file)
-    else:
-        os.environ.pop(COURSE_VAR, None)
+    environ = nbgrader_env(folders.main, course)
+    os.environ.clear()
+    os.environ.update(environ)
     os.chdir(GRADER_DIR)  # where nbgrader looks for nbgrader_config.py
     token = token or secrets.token_urlsafe(32)
     argv = [f"--ServerApp.root_dir={folders.main}", f"--ServerApp.ip={ip}", "--ServerApp.open_browser=False",

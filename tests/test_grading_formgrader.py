@@ -110,6 +110,13 @@ def test_a_page_that_cannot_be_protected_is_not_published(tmp_path):
     assert sanitize.has_policy(page.read_text()) and not list(page.parent.glob(".*"))
 
 
+def test_formgrade_refuses_a_folder_that_was_never_graded(tmp_path):
+    from grader import formgrade
+
+    with pytest.raises(SystemExit, match="grade the batch first"):
+        formgrade.server(course_mod.load(TINY), tmp_path)
+
+
 # ----------------------------------------------------------------------------- in a browser
 
 @pytest.fixture(scope="module")
