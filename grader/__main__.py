@@ -113,7 +113,7 @@ def cmd_similar(args) -> int:
     """Pairs and clusters of hand-ins worth a look (grader/similarity.py); changes no score."""
     from . import similarity
 
-    similarity.report(load(), args.out)
+    similarity.report(load(), args.out, strict=True)
     return 0
 
 
