@@ -43,7 +43,9 @@ from .jobs import BatchFolders, notebook_path
 K, WINDOW = 25, 6                 # copydetect's defaults: k-grams of 25 normalised characters, windows of 6
 MIN_FINGERPRINTS = 5              # less code than this says nothing about a pair
 MIN_WRITTEN_CHARS = 40            # a shorter written answer says nothing about a pair
+MAX_CHARS = 100_000               # of one hand-in's code, or one written answer: the rest is not compared
 SHOWN_PAIRS = 200                 # pairs shown side by side in the page (all are in the table)
+SHOWN_CHARS = 20_000              # of one cell, side by side
 SECTION = "## Similar hand-ins"
 
 
@@ -157,7 +159,7 @@ def read_hand_ins(course, folders: BatchFolders, release: dict, echo) -> tuple[l
 def _fingerprints(code: str, boilerplate: np.ndarray) -> set[int]:
     from copydetect.utils import filter_code, get_document_fingerprints
 
-    filtered, _ = filter_code(code, "answer.py", "python")
+    filtered, _ = filter_code(code[:MAX_CHARS], "answer.py", "python")
     return set(get_document_fingerprints(filtered, K, WINDOW, boilerplate)[0])
 
 
@@ -194,7 +196,9 @@ def code_scores(hand_ins: list[HandIn], release: dict, common_share: float, echo
 
 
 def _words(answer: str) -> str:
-    return " ".join(re.findall(r"\w+", answer.lower()))
+    """The answer's words, lower-cased and sorted: RapidFuzz's ratio on these is its
+    token_sort_ratio, sorted once per answer instead of once per pair."""
+    return " ".join(sorted(re.findall(r"\w+", answer[:MAX_CHARS].lower())))
 
 
 def written_scores(hand_ins: list[HandIn]) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +214,7 @@ def written_scores(hand_ins: list[HandIn]) -> tuple[np.ndarray, np.ndarray]:
         if ok.sum() < 2:
             continue
         at = np.flatnonzero(ok)
-        sub = process.cdist([texts[i] for i in at], [texts[i] for i in at], scorer=fuzz.token_sort_ratio,
+        sub = process.cdist([texts[i] for i in at], [texts[i] for i in at], scorer=fuzz.ratio,
                             dtype=np.float32, workers=-1) / 100.0
         block = np.full((n, n), np.nan)
         block[np.ix_(at, at)] = sub
@@ -263,7 +267,9 @@ def _name(student: str) -> str:
 def _lines(source: str) -> str:
     """A cell's text for the page: each line escaped as text.terminal does (ESC, bidi overrides
     shown, never acting), then as HTML."""
-    return html.escape("\n".join(text.terminal(line) for line in source.expandtabs(4).splitlines()))
+    more = f"\n(... {len(source) - SHOWN_CHARS} more characters)" if len(source) > SHOWN_CHARS else ""
+    lines = source[:SHOWN_CHARS].expandtabs(4).splitlines()
+    return html.escape("\n".join(text.terminal(line) for line in lines) + more)
 
 
 def _score(x: float) -> str:
@@ -331,13 +337,16 @@ def plot(hand_ins: list[HandIn], pairs: list[Pair], code: Metric, written: Metri
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    members = sorted({m for p in pairs for m in (p.a, p.b)}, key=lambda m: min(
-        p.cluster for p in pairs if m in (p.a, p.b)))[:60]
+    cluster_of: dict[int, int] = {}
+    for p in pairs:
+        cluster_of.setdefault(p.a, p.cluster)
+        cluster_of.setdefault(p.b, p.cluster)
+    members = sorted(cluster_of, key=lambda m: (cluster_of[m], m))[:60]
     fig, axes = plt.subplots(1, 3 if members else 2, figsize=(16 if members else 11, 4.8))
     for ax, metric in zip(axes, (code, written)):
         upper = metric.scores[np.triu_indices(len(metric.scores), 1)]
         upper = upper[~np.isnan(upper)]
-        ax.hist(upper, bins=np.linspace(0, 1, 41), color="#4477aa", log=True)
+        ax.hist(upper, bins=np.linspace(0, 1, 41), color="#4477aa", log=len(upper) > 0)
         ax.axvline(metric.threshold, color="#cc3311", linestyle="--", label=f"listed from {metric.threshold:.2f}")
         ax.set_title(f"{metric.name}: {len(upper)} pairs")
         ax.set_xlabel("similarity (0..1)")
@@ -393,7 +402,9 @@ def compare(course, out: Path, echo=print):
     settings = Settings.load(course.file)
     release = _read(release_notebook(course, folders))
     hand_ins, unread = read_hand_ins(course, folders, release, echo)
-    code = Metric("code", code_scores(hand_ins, release, settings.common_share, echo), settings.code_floor)
+    few = len(hand_ins) < 2   # nothing to compare: no fingerprints taken
+    code = Metric("code", np.full((len(hand_ins),) * 2, np.nan) if few else
+                  code_scores(hand_ins, release, settings.common_share, echo), settings.code_floor)
     scores, which = written_scores(hand_ins)
     written = Metric("written answers", scores, settings.written_floor)
     for metric in (code, written):

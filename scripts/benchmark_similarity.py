@@ -4,8 +4,8 @@
 
 Builds N hand-ins of the course's lab from its student notebook (in a temporary batch folder):
 each answer cell gets the reference answer with lines of its own added (distinct code for every
-student) and each written answer the reference's words shuffled, with a few pairs copied. Then
-times `similarity.report` (reading, fingerprinting, every pair's code and written scores,
+student) and each written answer words drawn at random from the notebook's text; one hand-in
+in a hundred is a copy of another. Then times `similarity.report` (reading, fingerprinting, every pair's code and written scores,
 the page and the picture) and prints the figures. Nothing is asserted: it is a measurement.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from grader import similarity  # noqa: E402
 from grader.jobs import BatchFolders, notebook_path  # noqa: E402
 
 
-def hand_in(student_nb, answers: dict[str, str], rng: random.Random):
+def hand_in(student_nb, answers: dict[str, str], rng: random.Random, vocabulary: list[str]):
     nb = nbformat.from_dict(student_nb)
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
@@ -40,9 +40,7 @@ def hand_in(student_nb, answers: dict[str, str], rng: random.Random):
                    f"([{rng.randrange(100)}, {rng.randrange(100)}]) * {rng.randrange(1, 9)}" for _ in range(4)]
             cell.source = reference + "\n" + "\n".join(own)
         else:
-            words = reference.split()
-            rng.shuffle(words)
-            cell.source = " ".join(words[: max(20, len(words) // 2)])
+            cell.source = " ".join(rng.choice(vocabulary) for _ in range(rng.randrange(40, 120)))
     return nb
 
 
@@ -60,7 +58,8 @@ def main() -> int:
         out = Path(work)
         folders = BatchFolders(out)
         built = time.monotonic()
-        notebooks = [hand_in(student_nb, answers, rng) for _ in range(args.n)]
+        vocabulary = sorted({w for c in student_nb.cells if c.cell_type == "markdown" for w in c.source.split()})
+        notebooks = [hand_in(student_nb, answers, rng, vocabulary) for _ in range(args.n)]
         for i in range(0, args.n - 1, 100):     # a copied pair every 100 hand-ins
             notebooks[i + 1] = notebooks[i]
         for i, nb in enumerate(notebooks):
