@@ -46,6 +46,7 @@ MIN_WRITTEN_CHARS = 40            # a shorter written answer says nothing about 
 MAX_CHARS = 100_000               # of one hand-in's code, or one written answer: the rest is not compared
 SHOWN_PAIRS = 200                 # pairs shown side by side in the page (all are in the table)
 SHOWN_CHARS = 20_000              # of one cell, side by side
+PARALLEL_FROM = 100               # hand-ins from which their code is read on every CPU
 SECTION = "## Similar hand-ins"
 
 
@@ -156,11 +157,39 @@ def read_hand_ins(course, folders: BatchFolders, release: dict, echo) -> tuple[l
 
 # ----------------------------------------------------------------------------- scoring
 
-def _fingerprints(code: str, boilerplate: np.ndarray) -> set[int]:
-    from copydetect.utils import filter_code, get_document_fingerprints
+def _normalised(code: str) -> str:
+    """copydetect's tokenised code (names V, F, O; strings S; no comments or layout): the slow
+    part (pygments), deterministic, so it may run in other processes."""
+    from copydetect.utils import filter_code
 
-    filtered, _ = filter_code(code[:MAX_CHARS], "answer.py", "python")
-    return set(get_document_fingerprints(filtered, K, WINDOW, boilerplate)[0])
+    return filter_code(code[:MAX_CHARS], "answer.py", "python")[0]
+
+
+def _fingerprints(normalised: str, boilerplate: np.ndarray) -> set[int]:
+    """Winnowed k-gram hashes (Python's str hash: only compared within this process)."""
+    from copydetect.utils import get_document_fingerprints
+
+    return set(get_document_fingerprints(normalised, K, WINDOW, boilerplate)[0])
+
+
+def _all_normalised(codes: list[str], echo) -> list[str]:
+    """_normalised of each, on every CPU for a large class, with a progress line every few seconds."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(os.cpu_count() or 1, 8) if len(codes) >= PARALLEL_FROM else 1
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    results, started, said = [], time.monotonic(), time.monotonic()
+    try:
+        for i, done in enumerate(pool.map(_normalised, codes, chunksize=8) if pool else map(_normalised, codes), 1):
+            results.append(done)
+            if time.monotonic() - said > 5:
+                echo(f"  similar hand-ins: read the code of {i}/{len(codes)} hand-ins "
+                     f"({time.monotonic() - started:.0f} s, {workers} processes)")
+                said = time.monotonic()
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    return results
 
 
 def code_scores(hand_ins: list[HandIn], release: dict, common_share: float, echo) -> np.ndarray:
@@ -168,13 +197,9 @@ def code_scores(hand_ins: list[HandIn], release: dict, common_share: float, echo
     from scipy import sparse
 
     given = "\n".join("".join(c.get("source", "")) for c in release.get("cells", []) if c.get("cell_type") == "code")
-    boilerplate = np.array(sorted(_fingerprints(given, np.array([]))))
-    prints, started, said = [], time.monotonic(), time.monotonic()
-    for i, h in enumerate(hand_ins, 1):
-        prints.append(_fingerprints("\n".join(src for kind, src in h.cells.values() if kind == "code"), boilerplate))
-        if time.monotonic() - said > 5:
-            echo(f"  similar hand-ins: fingerprinted {i}/{len(hand_ins)} notebooks ({time.monotonic() - started:.0f} s)")
-            said = time.monotonic()
+    boilerplate = np.array(sorted(_fingerprints(_normalised(given), np.array([]))))
+    codes = ["\n".join(src for kind, src in h.cells.values() if kind == "code") for h in hand_ins]
+    prints = [_fingerprints(code, boilerplate) for code in _all_normalised(codes, echo)]
     n = len(hand_ins)
     index: dict[int, int] = {}
     rows, cols = [], []
@@ -201,7 +226,7 @@ def _words(answer: str) -> str:
     return " ".join(sorted(re.findall(r"\w+", answer[:MAX_CHARS].lower())))
 
 
-def written_scores(hand_ins: list[HandIn]) -> tuple[np.ndarray, np.ndarray]:
+def written_scores(hand_ins: list[HandIn], echo=print) -> tuple[np.ndarray, np.ndarray]:
     """Every pair's written score (its most alike question; NaN: no question both answered at
     length), and the index of that question in `questions(hand_ins)`."""
     from rapidfuzz import fuzz, process
@@ -214,6 +239,8 @@ def written_scores(hand_ins: list[HandIn]) -> tuple[np.ndarray, np.ndarray]:
         if ok.sum() < 2:
             continue
         at = np.flatnonzero(ok)
+        if n >= PARALLEL_FROM:
+            echo(f"  similar hand-ins: comparing the answers to {text.terminal(question)} ({q + 1}/{len(qs)})")
         sub = process.cdist([texts[i] for i in at], [texts[i] for i in at], scorer=fuzz.ratio,
                             dtype=np.float32, workers=-1) / 100.0
         block = np.full((n, n), np.nan)
@@ -405,7 +432,7 @@ def compare(course, out: Path, echo=print):
     few = len(hand_ins) < 2   # nothing to compare: no fingerprints taken
     code = Metric("code", np.full((len(hand_ins),) * 2, np.nan) if few else
                   code_scores(hand_ins, release, settings.common_share, echo), settings.code_floor)
-    scores, which = written_scores(hand_ins)
+    scores, which = written_scores(hand_ins, echo)
     written = Metric("written answers", scores, settings.written_floor)
     for metric in (code, written):
         metric.decide(settings.spread)
