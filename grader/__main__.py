@@ -1,4 +1,4 @@
-"""Command line of the kit: python -m grader {demo,student,record,check-sync,grade,formgrade,export,doctor}."""
+"""Command line of the kit: python -m grader {demo,student,record,check-sync,grade,formgrade,export,similar,doctor}."""
 from __future__ import annotations
 
 import argparse
@@ -99,7 +99,21 @@ def cmd_export(args) -> int:
     """Rewrite a graded batch's reports and feedback pages from its gradebook, after manual grading in formgrader."""
     from . import batch
 
+    if bool(args.lms) != bool(args.roster):
+        raise SystemExit("--lms takes the LMS and the roster exported from it: --lms canvas ROSTER.csv")
     batch.export(load(), args.out)
+    if args.lms:
+        from . import lms
+
+        lms.export(load(), args.out, args.lms, args.roster, args.column)
+    return 0
+
+
+def cmd_similar(args) -> int:
+    """Pairs and clusters of hand-ins worth a look (grader/similarity.py); changes no score."""
+    from . import similarity
+
+    similarity.report(load(), args.out, strict=True)
     return 0
 
 
@@ -176,12 +190,24 @@ def main(argv=None) -> int:
                                            "batch's gradebook")
     export.add_argument("--out", type=Path, default=ROOT / ".grading" / "batch",
                         help="the output folder of `grade` (default .grading/batch)")
+    export.add_argument("--lms", choices=("canvas", "moodle"),
+                        help="also write OUT/<lms>.csv: the roster given back with the assignment's totals")
+    export.add_argument("roster", type=Path, nargs="?",
+                        help="with --lms: the gradebook CSV exported from the LMS (grader/README-TA.md, "
+                             "*Uploading to the LMS*)")
+    export.add_argument("--column", default="", help="with --lms: the roster column to fill (default: its only "
+                                                     "assignment column; a new name adds a column)")
+    similar = sub.add_parser("similar", help="pairs and clusters of hand-ins whose answers are unusually similar: "
+                                             "OUT/similarity.html and similarity.png, leads for a person to look at")
+    similar.add_argument("--out", type=Path, default=ROOT / ".grading" / "batch",
+                         help="the output folder of `grade` (default .grading/batch)")
     sub.add_parser("doctor", help="what grading will look like on this machine: each protection on or off, warm "
                                   "or cold kernels, the command that fixes each missing piece; exit 1 if grading "
                                   "would be refused")
     args = parser.parse_args(argv)
     return {"demo": cmd_demo, "student": cmd_student, "record": cmd_record, "check-sync": cmd_check_sync,
-            "grade": cmd_grade, "formgrade": cmd_formgrade, "export": cmd_export, "doctor": cmd_doctor}[args.command](args)
+            "grade": cmd_grade, "formgrade": cmd_formgrade, "export": cmd_export, "similar": cmd_similar,
+            "doctor": cmd_doctor}[args.command](args)
 
 
 if __name__ == "__main__":

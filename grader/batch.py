@@ -36,7 +36,7 @@ from pathlib import Path
 import nbformat
 from nbgrader import utils as nbu
 
-from . import collect, feedback, lab, report, runner, score, text
+from . import collect, feedback, lab, report, runner, score, similarity, text
 from .course import ROOT, Course, grading_env
 from .course import kernel_spec as course_kernel_spec
 from .jobs import EVIDENCE, GRADEBOOK, LOG, MERGED, BatchFolders, Job, notebook_path
@@ -424,6 +424,7 @@ def report_phase(course: Course, folders: BatchFolders, results: list[GradingRes
     per_test = report.write_summary(results, points, columns, every, out / "summary.md", extra, waiting, manual,
                                     str(course.source_notebook.relative_to(ROOT)))
     report.plot(results, points, columns, every, out / "scores.png", waiting)
+    similarity.report(course, out)  # leads for a person (similarity.html, .png, summary.md); changes no score
     per_student = report.table_text(report.student_rows(results, points, columns, every, waiting),
                                     report.STUDENT_HEADER)
     return points, [per_test, per_student], waiting

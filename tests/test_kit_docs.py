@@ -20,6 +20,7 @@ from grader.samples import manual_points, max_points
 SOURCE = nbformat.read(COURSE.source_notebook, as_version=4)
 RELEASE = nbformat.read(COURSE.student_notebook, as_version=4)
 SANDBOX = course_mod.read(COURSE.file)["sandbox"]
+SIMILAR = course_mod.read(COURSE.file)["similarity"]
 AUTOMATIC = sum(max_points(SOURCE).values())
 WRITTEN = sum(manual_points(SOURCE).values())
 N_WRITTEN = len(manual_points(SOURCE))
@@ -51,6 +52,10 @@ CLAIMS = [
     (ARCHITECTURE, r"memory \((\d+) GB\) and processes \((\d+)\)",
      (SANDBOX["memory_mb"] / GB, SANDBOX["max_processes"])),
     (TA, r"only 3 of the (\d+) provided cells were found", (PROVIDED,)),
+    (TA, r"typical pair \((\d+) robust standard deviations above the median pair\) and at least a floor "
+         r"\(([\d.]+) for code, ([\d.]+) for written answers\)",
+     (SIMILAR["spread"], SIMILAR["code_floor"], SIMILAR["written_floor"])),
+    (TA, r"fingerprints that more than (\d+)% of the class share", (100 * SIMILAR["common_share"],)),
 ]
 
 
