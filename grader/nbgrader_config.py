@@ -30,6 +30,9 @@ c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = f"sqlite:///{WORK / 'gradebook.db'}"
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.npz", "*.part"]
 
+# `nbgrader export` writes grades.csv quoted (grader/grades_csv.py), not comma-joined.
+c.ExportApp.plugin_class = "grader.grades_csv.QuotedCsvExport"
+
 c.ExecutePreprocessor.timeout = COURSE.cell_timeout_s
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 

@@ -33,7 +33,7 @@ Waiting = dict[str, list[str]]
 
 
 def export_grades(main_work: Path, dest: Path, course=None) -> None:
-    """grades.csv through `nbgrader export` (CsvExportPlugin)."""
+    """grades.csv through `nbgrader export` (grades_csv.QuotedCsvExport, set in nbgrader_config.py)."""
     tmp = dest.with_name(dest.name + ".tmp")
     proc = subprocess.run([course_mod.tool("nbgrader"), "export", f"--to={tmp}", "--log-level=WARN"],
                           cwd=GRADER_DIR, env=course_mod.nbgrader_env(main_work, course),

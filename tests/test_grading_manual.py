@@ -144,3 +144,21 @@ def test_export_keeps_what_only_the_grading_run_knew(tmp_path):
         "", "## Protections that were OFF (--allow-unsafe)", "", "- no bubblewrap", "- no cgroup"]
     summary.write_text("# Grading summary\n")
     assert batch._kept_summary_lines(summary) == [] == batch._kept_summary_lines(tmp_path / "none.md")
+
+
+def test_grades_csv_is_quoted_and_inert_whatever_the_roster_names(course, tmp_path):
+    """nbgrader's own CSV export joins fields with bare commas: a name with a comma or a quote
+    shifts its row. grades.csv is written by grader/grades_csv.py instead: each field quoted as
+    needed, text that a spreadsheet would run as a formula made inert."""
+    from grader import collect, report
+
+    folders = BatchFolders(tmp_path)
+    nasty = collect.Student("s1", '=HYPERLINK("http://x","y")', 'Lovelace, "Ada"', "ada@x.org,bob@y.org")
+    batch.gradebooks_phase(course, folders, {"s1": nasty, "s2": collect.Student("s2", "Bo\nb", "", "")})
+    report.export_grades(folders.main, tmp_path / "grades.csv", course)
+    rows = _rows(tmp_path / "grades.csv")
+    assert set(rows) == {"s1", "s2"}
+    assert rows["s1"]["last_name"] == 'Lovelace, "Ada"' and rows["s1"]["email"] == "ada@x.org,bob@y.org"
+    assert rows["s1"]["first_name"] == "'" + '=HYPERLINK("http://x","y")'
+    assert "\n" not in rows["s2"]["first_name"] and rows["s2"]["score"] == "0.0"
+    assert list(next(iter(rows.values())))[:4] == ["assignment", "duedate", "timestamp", "student_id"]
