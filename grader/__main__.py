@@ -90,7 +90,7 @@ def cmd_grade(args) -> int:
                          roster=args.roster, mapping=args.map, online=args.online, n_images=args.n_images,
                          cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout,
                          regrade=True if args.regrade == [] else (args.regrade or False),
-                         allow_unsafe=args.allow_unsafe, warm=not args.cold_kernels)
+                         allow_unsafe=args.allow_unsafe, warm=not args.cold_kernels, keep_work=args.keep_work)
     result = batch.grade(load(), opts)
     return 0 if result.collection.submissions else 1
 
@@ -138,6 +138,10 @@ def add_grade_parser(sub) -> None:
     p.add_argument("--cold-kernels", action="store_true",
                    help="start every kernel from scratch (each imports the lab's libraries) instead "
                         "of forking it from one process that imported them (grader/kernel/zygote.py); slower")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep everything each submission's grading made, for debugging: its gradebook, the "
+                        "evidence its kernel sent, the kernels' folders, figures at full size (default: the "
+                        "reports, pages and notebooks with light figures, about 1 MB a submission)")
 
 
 def main(argv=None) -> int:
