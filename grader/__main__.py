@@ -6,7 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import lab, release
+from . import lab, light, release
 from .course import ROOT, load
 
 
@@ -140,8 +140,9 @@ def add_grade_parser(sub) -> None:
                         "of forking it from one process that imported them (grader/kernel/zygote.py); slower")
     p.add_argument("--keep-work", action="store_true",
                    help="keep everything each submission's grading made, for debugging: its gradebook, the "
-                        "evidence its kernel sent, the kernels' folders, figures at full size (default: the "
-                        "reports, pages and notebooks with light figures, about 1 MB a submission)")
+                        "evidence its kernel sent, the kernels' folders, figures at full size (default: its "
+                        f"records, page and notebooks with light figures, at most "
+                        f"{light.KEPT_PER_SUBMISSION / 1e6:g} MB a submission; grader/light.py)")
 
 
 def main(argv=None) -> int:

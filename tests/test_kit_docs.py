@@ -12,7 +12,7 @@ import pytest
 from nbgrader.utils import is_locked
 
 from conftest import COURSE, ROOT
-from grader import cells
+from grader import cells, light
 from grader import course as course_mod
 from grader.execute import ResilientExecute
 from grader.samples import manual_points, max_points
@@ -51,6 +51,10 @@ CLAIMS = [
     (ARCHITECTURE, r"memory \((\d+) GB\) and processes \((\d+)\)",
      (SANDBOX["memory_mb"] / GB, SANDBOX["max_processes"])),
     (TA, r"only 3 of the (\d+) provided cells were found", (PROVIDED,)),
+    (ARCHITECTURE, r"JPEGs at most (\d+) pixels a side", (light.FIGURE_SIDE,)),
+    (TA, r"JPEGs at most (\d+) pixels a side", (light.FIGURE_SIDE,)),
+    (TA, r"at most ([\d.]+) MB a submission: a test checks it", (light.KEPT_PER_SUBMISSION / 1e6,)),
+    (ARCHITECTURE, r"its middle cut past (\d+) KiB", (light.LOG_KEPT / 1024,)),
 ]
 
 
