@@ -6,7 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import lab, release
+from . import lab, light, release
 from .course import ROOT, load
 
 
@@ -90,7 +90,7 @@ def cmd_grade(args) -> int:
                          roster=args.roster, mapping=args.map, online=args.online, n_images=args.n_images,
                          cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout,
                          regrade=True if args.regrade == [] else (args.regrade or False),
-                         allow_unsafe=args.allow_unsafe, warm=not args.cold_kernels)
+                         allow_unsafe=args.allow_unsafe, warm=not args.cold_kernels, keep_work=args.keep_work)
     result = batch.grade(load(), opts)
     return 0 if result.collection.submissions else 1
 
@@ -170,6 +170,11 @@ def add_grade_parser(sub) -> None:
     p.add_argument("--cold-kernels", action="store_true",
                    help="start every kernel from scratch (each imports the lab's libraries) instead "
                         "of forking it from one process that imported them (grader/kernel/zygote.py); slower")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep everything each submission's grading made, for debugging: its gradebook, the "
+                        "evidence its kernel sent, the kernels' folders, figures at full size (default: its "
+                        f"records, page and notebooks with light figures, at most "
+                        f"{light.KEPT_PER_SUBMISSION / 1e6:g} MB a submission; grader/light.py)")
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,8 @@ Layout of the output folder (OUT):
   feedback/<student>/<notebook>.html
   nbgrader/                   the main nbgrader folder: gradebook.db, submitted/, autograded/,
                               feedback/ (`python -m grader formgrade --out OUT` serves it in formgrader)
-  work/<student>/             one submission's own grading: its gradebook, worker.log, result.json
+  work/<student>/             one submission's own grading: worker.log, result.json, verification.json,
+                              merged.json (its gradebook, evidence and scratch too with --keep-work: light.py)
   collected/                  a copy of the input, archives unpacked
 
 Running the command again on the same OUT continues: submissions already merged, with the
@@ -36,7 +37,7 @@ from pathlib import Path
 import nbformat
 from nbgrader import utils as nbu
 
-from . import collect, feedback, lab, report, runner, score, similarity, text
+from . import collect, feedback, lab, light, report, runner, score, similarity, text
 from .course import ROOT, Course, grading_env
 from .course import kernel_spec as course_kernel_spec
 from .jobs import EVIDENCE, GRADEBOOK, LOG, MERGED, BatchFolders, Job, notebook_path
@@ -58,6 +59,7 @@ class Options:
     regrade: bool | list[str] = False      # True: all; a list: these student ids
     allow_unsafe: bool = False             # grade even if this machine lacks a sandbox protection
     warm: bool = True                      # kernels forked from one pre-imported process, where safe (warm.py)
+    keep_work: bool = False                # keep each job's gradebook, evidence, scratch, full-size figures (light.py)
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,7 @@ def jobs_phase(course: Course, opts: Options, settings: Settings, folders: Batch
         score.copy_gradebook(folders.template / GRADEBOOK, job_dir / GRADEBOOK)
         Job(student=sid, source=str(f.path), release=str(release_nb), cell_timeout_s=settings.cell_timeout_s,
                    file=f.relpath, sha256=f.sha256, allow_unsafe=bool(settings.protections_off),
-                   seed=seed, reference_job=str(reference)).write(job_dir)
+                   seed=seed, reference_job=str(reference), keep_work=opts.keep_work).write(job_dir)
         todo.append((sid, f, job_dir))
     if kept:
         echo(f"{len(kept)} submissions already graded in {opts.out} (same files): kept. "
@@ -305,8 +307,10 @@ def _publish(course: Course, folders: BatchFolders, job_dir: Path, result: Gradi
 class Merger:
     """Merges finished submissions into the main gradebook, one at a time, and reports progress."""
 
-    def __init__(self, course: Course, folders: BatchFolders, todo: list, roster: dict, tests, max_tests, echo):
+    def __init__(self, course: Course, folders: BatchFolders, todo: list, roster: dict, tests, max_tests, echo,
+                 keep_work: bool = False):
         self.course, self.folders, self.roster, self.echo = course, folders, roster, echo
+        self.keep_work = keep_work
         self.tests, self.full = tests, sum(max_tests.values())
         self.total, self.done, self.started = len(todo), 0, time.monotonic()
         self.width = max((len(sid) for sid, _, _ in todo), default=8)
@@ -323,6 +327,8 @@ class Merger:
                         flag=result.status != "graded", info=self.roster.get(sid))
             _publish(self.course, self.folders, job_dir, result)
             result.write(job_dir / MERGED)
+            if not self.keep_work:
+                light.after_merge(self.folders.job(sid))
             self.results[sid] = result
             self.done += 1
             self.echo(self.progress_line(result))
@@ -482,7 +488,7 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
     if opts.online:
         lab.load(course).prefetch(course.source_dir, grading_env(course, online=True, n_images=settings.n_images), echo)
     kept, todo = jobs_phase(course, opts, settings, folders, found, folders.job(REFERENCE).path, echo)
-    merger = Merger(course, folders, todo, roster, tests, max_tests, echo)
+    merger = Merger(course, folders, todo, roster, tests, max_tests, echo, opts.keep_work)
     with warm_kernels(course, opts, settings, folders, bool(todo), echo) as zygote:
         if todo:
             _, seconds = reference_phase(course, opts, settings, folders, echo, zygote)

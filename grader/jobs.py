@@ -4,7 +4,10 @@
       nbgrader/                 the main nbgrader folder: gradebook.db, submitted/, autograded/, feedback/
       work/<student>/           one submission's job folder (JobFolder): its own gradebook and
                                 nbgrader folders, job.json, worker.log, result.json, evidence/,
-                                verification.json, merged.json, and empty folders kernels start from
+                                verification.json, merged.json, and the folders kernels start from
+                                (run/, replay/); once merged, it keeps job.json, worker.log,
+                                result.json, verification.json and merged.json (light.py), or
+                                everything with --keep-work
       work/_template/           an empty gradebook and the student version, copied for each job
       feedback/<student>/<notebook>.html   each student's page (BatchFolders.page)
 
@@ -25,6 +28,7 @@ EVIDENCE = "evidence"               # what the captures sent, as the worker rece
 VERIFICATION = "verification.json"  # each graded cell's verdict and any tampering evidence
 MERGED = "merged.json"              # the result once merged into the main gradebook
 GRADEBOOK = "gradebook.db"
+RUN, REPLAY = "run", "replay"       # the host folders the grading kernel and the replay kernel start from
 
 
 def notebook_path(folder: Path, kind: str, student: str, course: Course, suffix: str = ".ipynb") -> Path:
@@ -93,6 +97,7 @@ class Job:
     allow_unsafe: bool = False   # grade even where the sandbox lacks a protection (the TA said so)
     seed: int | None = None      # the batch's secret seed (None: no captures, no verification)
     reference_job: str = ""      # job folder of the batch's trusted reference run ("": this IS it)
+    keep_work: bool = False      # keep the evidence, scratch folders and full-size figures (grade --keep-work)
 
     def write(self, job_dir: Path) -> None:
         write_json(Path(job_dir) / JOB, asdict(self))

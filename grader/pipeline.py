@@ -27,7 +27,16 @@ from . import gpu
 from . import repair as repair_mod
 from .course import GRADER_DIR, Course
 from .execute import TIMING_KEY, cell_label, outcome
-from .jobs import EVIDENCE, RESULT, VERIFICATION, Job, JobFolder, notebook_path
+from .jobs import (
+    EVIDENCE,
+    REPLAY,
+    RESULT,
+    RUN,
+    VERIFICATION,
+    Job,
+    JobFolder,
+    notebook_path,
+)
 from .results import GradingResult, write_json
 
 # Exception names a student knows, for the private ones Python raises in their place.
@@ -184,7 +193,7 @@ def _submit(g: Grading) -> bool:
     return True
 
 
-def _run_dir(g: Grading, name: str = "run") -> Path:
+def _run_dir(g: Grading, name: str = RUN) -> Path:
     """A kernel's host folder, empty: the cwd of the process that starts the kernel. The kernel
     works in a private folder of its sandbox (the lab's helper files bound into it); only
     without bubblewrap is this its working folder. The grader never reads anything back from it."""
@@ -282,7 +291,7 @@ def _replayer(g: Grading, lab):
 
     def run(requests):
         with g.stage("replay"):
-            run_dir = _run_dir(g, "replay")
+            run_dir = _run_dir(g, REPLAY)
             with _sandbox(g, run_dir) as sandbox:
                 done = replay.run(requests, lab.REPLAY_SOURCE, lab.context(g.job.seed), sandbox, run_dir,
                                   g.job.cell_timeout_s, g.log)
@@ -343,8 +352,41 @@ def grade_here(job_dir: Path) -> GradingResult:
         if unscored:
             g.result.review.append(f"nbgrader could not score {', '.join(unscored)} (counted as 0)")
     with g.stage("feedback"):
+        if _light(job):
+            _lighten(g)
         _feedback(g)
     return g.result.conclude()
+
+
+def _light(job: Job) -> bool:
+    """Whether this job keeps only what light.py says: a verified submission, unless --keep-work
+    (the reference run is kept whole: every submission is verified against it)."""
+    return bool(job.reference_job) and not job.keep_work
+
+
+def _lighten(g: Grading) -> None:
+    """The autograded notebook's figures made light (light.py), once verified, before the page."""
+    import nbformat
+
+    from . import light
+
+    autograded = g.notebook("autograded")
+    nb = nbformat.read(autograded, as_version=4)
+    before, after = light.lighten_notebook(nb)
+    if after < before:
+        write_notebook(nb, autograded)
+
+
+def _tidy(job_dir: Path) -> None:
+    """At the end of the pipeline: what only served the grading removed (light.tidy_job)."""
+    from . import light
+
+    try:
+        job = Job.read(job_dir)
+        if _light(job):
+            light.tidy_job(JobFolder(job_dir), course_mod.load(), job.student)
+    except Exception:  # a folder left heavier; the grading stands
+        traceback.print_exc()
 
 
 def main(argv=None) -> int:
@@ -361,6 +403,7 @@ def main(argv=None) -> int:
     result.stage_seconds = {"worker_start": round(since_exec, 2), **result.stage_seconds}
     result.worker_seconds = round(time.monotonic() - started + since_exec, 1)
     result.write(job_dir / RESULT)
+    _tidy(job_dir)
     return 0
 
 

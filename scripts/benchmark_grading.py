@@ -10,9 +10,10 @@
    the batch's one-off reference run and zygote start excluded and shown apart), median seconds
    per submission, CPU-seconds per submission (the whole machine's, from /proc/stat: kernels in
    sandboxes included) and the ratio of seconds per submission to the import floor.
+   And the disk the batch keeps per submission (grader/light.py: disk_use), and what it shares.
 3. The per-stage profile: the median over the submissions of each worker stage
    (grader/results.py STAGES) and of the slowest cells.
-4. --cold: the same with cold kernels (--cold-kernels), to show what warm kernels save;
+4. --keep-work: grade as `grade --keep-work` does, to measure the disk it keeps; --cold: the same with cold kernels (--cold-kernels), to show what warm kernels save;
    --allow-unsafe: grade where part of the sandbox is missing (what a TA's machine without a
    writable cgroup gives), to measure it.
 5. --full-k N: plain sequential `nbgrader autograde` of N submissions at full size (300 images), the peer.
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from grader import batch, lab, release, score  # noqa: E402
+from grader import batch, lab, light, release, score  # noqa: E402
 from grader import course as course_mod  # noqa: E402
 from grader.course import GRADER_DIR  # noqa: E402
 from grader.results import STAGES  # noqa: E402
@@ -63,7 +64,7 @@ def import_floor(runs: int = 3) -> float:
 
 
 def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, warm: bool,
-                 allow_unsafe: bool = False) -> dict:
+                 allow_unsafe: bool = False, keep_work: bool = False) -> dict:
     def echo(line: str) -> None:
         if line.startswith("Grading "):  # the grading phase starts: zygote and reference run done
             grading.append((time.monotonic(), cpu_seconds()))
@@ -75,18 +76,19 @@ def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, wa
     used: list[str] = []
     started, cpu = time.monotonic(), cpu_seconds()
     result = batch.grade(course, batch.Options(submissions=inbox, out=out, workers=workers, n_images=n_images,
-                                               warm=warm, allow_unsafe=allow_unsafe), echo=echo)
+                                               warm=warm, allow_unsafe=allow_unsafe, keep_work=keep_work), echo=echo)
     ended, cpu_end = time.monotonic(), cpu_seconds()
     t0, c0 = grading[0] if grading else (started, cpu)
     done = [r for r in result.results if r.status != "failed"]
     wall = ended - t0
+    kept, shared, _ = light.disk_use(out)
     return {"wall": wall, "setup": t0 - started, "n": len(result.results), "kernels": used[0] if used else "?",
             "median": statistics.median(r.seconds for r in result.results),
             "per_hour": 3600 * len(result.results) / wall, "cpu": (cpu_end - c0) / len(result.results),
             "scores": {sid: sum(cells.values()) for sid, cells in result.scores.items()},
             "max": sum(result.max_tests.values()), "failed": len(result.results) - len(done),
             "stages": {s: statistics.median(r.stage_seconds.get(s, 0.0) for r in done) for s in STAGES} if done else {},
-            "cells": _slowest_cells(done)}
+            "cells": _slowest_cells(done), "kept": kept / len(result.results), "shared": shared}
 
 
 def _slowest_cells(results, top: int = 8) -> list[tuple[str, float]]:
@@ -128,6 +130,7 @@ def main() -> int:
     parser.add_argument("--full-cell-timeout", type=int, default=3600,
                         help="cell limit for the full-size plain autograde (default 3600 s)")
     parser.add_argument("--keep", type=Path, help="keep the work folders here")
+    parser.add_argument("--keep-work", action="store_true", help="grade as `grade --keep-work` (the disk it keeps)")
     args = parser.parse_args()
     course = course_mod.load()
     n_images = args.n_images or course.grading_n_images
@@ -157,10 +160,13 @@ def main() -> int:
                 print(f"Grading {args.k} submissions, {workers} worker(s), {kind} kernels, {n_images} images...",
                       flush=True)
                 r = grading_mode(course, graded, work / f"out-{kind}-{workers}", workers, n_images, warm,
-                                 args.allow_unsafe)
+                                 args.allow_unsafe, args.keep_work)
                 runs[kind if r["kernels"] == kind else f"{r['kernels']} (warm off)", workers] = r
                 print(f"  {r['per_hour']:.0f} submissions/hour; scores {sorted(set(r['scores'].values()))} of "
                       f"{r['max']:g}; batch set-up (zygote + reference run) {r['setup']:.0f} s", flush=True)
+                print(f"  disk kept: {r['kept'] / 1e6:.2f} MB per submission (du -sb of --out without the "
+                      f"shared part), shared {r['shared'] / 1e6:.1f} MB (reference run, template, reports); "
+                      f"limit {light.KEPT_PER_SUBMISSION / 1e6:g} MB (grader/light.py)", flush=True)
         full = None
         if args.full_k:
             print(f"Plain nbgrader autograde at full size: {args.full_k} submission(s), 300 images, offline, "

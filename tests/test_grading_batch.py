@@ -17,7 +17,8 @@ import nbformat
 import pytest
 
 from conftest import ROOT, run_env
-from grader import batch, release, score
+from grader import batch, light, release, score
+from grader.jobs import EVIDENCE, GRADEBOOK, MERGED
 from submissions import SAMPLES, write_samples
 
 N_IMAGES = 2          # 9 crops per image; 18 crops are enough for 10 concepts
@@ -62,6 +63,9 @@ def graded(course, inbox, tmp_path_factory):
     lines = []
     result = batch.grade(course, options(inbox, out, workers=2), echo=lines.append)
     print("\n".join(lines))
+    kept, shared, n = light.disk_use(out)
+    print(f"kept {kept / n:.0f} bytes per submission, {shared} shared")
+    assert n == len(SAMPLES) and kept / n <= light.KEPT_PER_SUBMISSION, "a batch keeps too much (grader/light.py)"
     return result, out, lines
 
 
@@ -136,28 +140,34 @@ def test_reports(graded, source, course):
             assert "not graded automatically" in page
         else:
             assert "check_fit" in page
+    # its figures, light (grader/light.py): made once verified, in the page and in formgrader's notebook
+    page = (out / "feedback" / "reference" / f"{course.notebook}.html").read_text()
+    autograded = (out / "nbgrader" / "autograded" / "reference" / course.assignment / f"{course.notebook}.ipynb")
+    assert "data:image/jpeg" in page and '"image/jpeg"' in autograded.read_text()
 
 
-def test_main_gradebook_holds_what_each_grading_wrote_and_flags_problems(graded, course):
+def test_main_gradebook_holds_what_each_grading_decided_and_flags_problems(graded, course):
     result, out, _ = graded
     main = score.dump(out / "nbgrader" / "gradebook.db", course.assignment)
     for r in result.results:
         sid = r.student
         flagged = main[("notebook", sid, course.notebook)][0]
         assert flagged == (r.status != "graded"), sid
+        assert not (out / "work" / sid / GRADEBOOK).exists() and not (out / "work" / sid / EVIDENCE).exists()
         if r.status == "failed":
             continue
-        own = score.dump(out / "work" / sid / "gradebook.db", course.assignment)
-        mine = {k: v for k, v in own.items() if k[0] in ("grade", "comment")}
-        assert mine and all(main[k] == v for k, v in mine.items()), sid
+        merged = json.loads((out / "work" / sid / MERGED).read_text())["tests"]
+        assert merged and all(main[("grade", sid, course.notebook, t)][0] == v for t, v in merged.items()), sid
 
 
 def test_parallel_and_sequential_grading_give_identical_gradebooks(graded, course, inbox, tmp_path):
+    """The sequential batch keeps its work (--keep-work): its full-size figures and its own gradebooks
+    give the same points as the light batch's."""
     _, out, _ = graded
     subset = tmp_path / "subset"
     for name in SEQUENTIAL:
         shutil.copytree(inbox / name, subset / name)
-    batch.grade(course, options(subset, tmp_path / "seq", workers=1), echo=lambda *_: None)
+    batch.grade(course, options(subset, tmp_path / "seq", workers=1, keep_work=True), echo=lambda *_: None)
 
     def only(dump):
         return {k: v for k, v in dump.items() if k[1] in SEQUENTIAL}
@@ -165,6 +175,11 @@ def test_parallel_and_sequential_grading_give_identical_gradebooks(graded, cours
     parallel = only(score.dump(out / "nbgrader" / "gradebook.db", course.assignment))
     sequential = only(score.dump(tmp_path / "seq" / "nbgrader" / "gradebook.db", course.assignment))
     assert parallel == sequential
+    for sid in ("blank", "train_mode"):  # gradable (invalid_json's own gradebook was never merged)
+        own = score.dump(tmp_path / "seq" / "work" / sid / GRADEBOOK, course.assignment)
+        mine = {k: v for k, v in own.items() if k[0] in ("grade", "comment")}
+        assert mine and all(sequential[k] == v for k, v in mine.items()), sid
+        assert (tmp_path / "seq" / "work" / sid / EVIDENCE).is_dir(), sid
 
 
 def test_running_again_continues_and_keeps_manual_grades(graded, course, inbox):

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import ROOT, run_env
 from grader import course as course_mod
-from grader import lab, release
+from grader import lab, light, release
+from grader.jobs import EVIDENCE, GRADEBOOK, MERGED
 from grader.kernel import probe
 from grader.samples import write_samples
 
@@ -53,6 +54,33 @@ def test_it_was_graded_in_the_sandbox_with_the_labs_own_libraries_warm(graded):
     summary = (out / "summary.md").read_text()
     assert "isolation ON" in summary and "OFF" not in summary
     assert "importing numpy once" in stdout and "warm kernels" in summary
+
+
+def test_a_graded_job_keeps_its_records_only(graded):
+    course, samples, out, _ = graded
+    for sample in samples:
+        job = out / "work" / sample.name
+        assert (job / MERGED).is_file() and not (job / GRADEBOOK).exists() and not (job / EVIDENCE).exists()
+        assert not (job / "autograded").exists(), "the notebooks live in the main nbgrader folder"
+    assert (out / "work" / "_reference" / EVIDENCE).is_dir(), "every submission is verified against it"
+    assert light.disk_use(out)[2] == len(samples)
+
+
+def test_keep_work_keeps_what_each_grading_made(graded, tmp_path):
+    """`grade --keep-work`: the job's gradebook, evidence and kernel folder stay, for debugging."""
+    course, samples, out, _ = graded
+    inbox = tmp_path / "inbox"
+    (inbox / "reference").mkdir(parents=True)
+    (inbox / "reference" / f"{course.notebook}.ipynb").write_bytes(
+        next((out / "collected").rglob(f"reference/{course.notebook}.ipynb")).read_bytes())
+    env = run_env() | {course_mod.COURSE_VAR: str(TINY)}
+    proc = subprocess.run([sys.executable, "-m", "grader", "grade", str(inbox), "--out", str(tmp_path / "out"),
+                           "--workers", "1", "--keep-work"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = tmp_path / "out" / "work" / "reference"
+    assert (job / GRADEBOOK).is_file() and any((job / EVIDENCE).glob("*.npz")) and (job / "run").is_dir()
+    assert (job / MERGED).is_file()
 
 
 def test_the_engine_names_no_lab():

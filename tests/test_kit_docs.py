@@ -12,7 +12,7 @@ import pytest
 from nbgrader.utils import is_locked
 
 from conftest import COURSE, ROOT
-from grader import cells
+from grader import cells, light
 from grader import course as course_mod
 from grader.execute import ResilientExecute
 from grader.samples import manual_points, max_points
@@ -56,6 +56,10 @@ CLAIMS = [
          r"\(([\d.]+) for code, ([\d.]+) for written answers\)",
      (SIMILAR["spread"], SIMILAR["code_floor"], SIMILAR["written_floor"])),
     (TA, r"fingerprints that more than (\d+)% of the class share", (100 * SIMILAR["common_share"],)),
+    (ARCHITECTURE, r"JPEGs at most (\d+) pixels a side", (light.FIGURE_SIDE,)),
+    (TA, r"JPEGs at most (\d+) pixels a side", (light.FIGURE_SIDE,)),
+    (TA, r"at most ([\d.]+) MB a submission: a test checks it", (light.KEPT_PER_SUBMISSION / 1e6,)),
+    (ARCHITECTURE, r"its middle cut past (\d+) KiB", (light.LOG_KEPT / 1024,)),
 ]
 
 
