@@ -40,7 +40,16 @@ from nbgrader import utils as nbu
 from . import collect, feedback, lab, light, report, runner, score, similarity, text
 from .course import ROOT, Course, grading_env
 from .course import kernel_spec as course_kernel_spec
-from .jobs import EVIDENCE, GRADEBOOK, LOG, MERGED, BatchFolders, Job, notebook_path
+from .jobs import (
+    EVIDENCE,
+    GRADEBOOK,
+    LOG,
+    MERGED,
+    REFERENCE,
+    BatchFolders,
+    Job,
+    notebook_path,
+)
 from .kernel import sandbox, warm
 from .results import STATUSES, GradingResult
 
@@ -175,9 +184,6 @@ def gradebooks_phase(course: Course, folders: BatchFolders, roster: dict) -> dic
     if roster:
         score.add_students(folders.main_db, list(roster.values()))
     return max_tests
-
-
-REFERENCE = "_reference"  # the reference run's job folder (no student id starts with "_")
 
 
 def _seed(folders: BatchFolders) -> int:

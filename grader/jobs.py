@@ -29,11 +29,21 @@ VERIFICATION = "verification.json"  # each graded cell's verdict and any tamperi
 MERGED = "merged.json"              # the result once merged into the main gradebook
 GRADEBOOK = "gradebook.db"
 RUN, REPLAY = "run", "replay"       # the host folders the grading kernel and the replay kernel start from
+REFERENCE = "_reference"            # the reference run's job folder (no student id starts with "_")
 
 
 def notebook_path(folder: Path, kind: str, student: str, course: Course, suffix: str = ".ipynb") -> Path:
     """nbgrader's <folder>/<kind>/<student>/<assignment>/<notebook><suffix>."""
     return folder / kind / student / course.assignment / f"{course.notebook}{suffix}"
+
+
+def write_notebook(nb, path: Path) -> None:
+    """Write a notebook atomically (nbgrader leaves the autograded copy read-only)."""
+    import nbformat
+
+    tmp = path.with_name(path.name + ".tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(path)
 
 
 @dataclass(frozen=True)

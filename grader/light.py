@@ -28,7 +28,17 @@ import os
 import stat
 from pathlib import Path
 
-from .jobs import EVIDENCE, LOG, MERGED, REPLAY, RUN, BatchFolders, JobFolder
+from .jobs import (
+    EVIDENCE,
+    LOG,
+    MERGED,
+    REFERENCE,
+    REPLAY,
+    RUN,
+    BatchFolders,
+    JobFolder,
+    write_notebook,
+)
 
 FIGURE_SIDE = 800               # pixels: the longer side of a figure kept (larger ones are scaled down)
 FIGURE_QUALITY = 60             # JPEG quality of the figures kept
@@ -100,7 +110,6 @@ def tidy_job(folder: JobFolder, course, student: str) -> None:
     import nbformat
 
     from .kernel.reap import remove_tree
-    from .pipeline import write_notebook
 
     for name in SCRATCH:
         remove_tree(folder.file(name))
@@ -167,8 +176,6 @@ def disk_use(out: Path) -> tuple[int, int, int]:
     counted as `du -sb` does (each file once however many links it has, folders included). Shared:
     the reference run's job folder, the template, the batch's own files in work/, the main
     gradebook and the reports at the top."""
-    from .batch import REFERENCE
-
     folders = BatchFolders(Path(out))
     shared_roots = {folders.job(REFERENCE).path, folders.template, folders.main_db}
     shared_roots |= {p for p in folders.work.iterdir() if not p.is_dir()}

@@ -36,6 +36,7 @@ from .jobs import (
     Job,
     JobFolder,
     notebook_path,
+    write_notebook,
 )
 from .results import GradingResult, write_json
 
@@ -274,15 +275,6 @@ def _feedback(g: Grading) -> None:
     except (OSError, ValueError) as exc:
         page.unlink(missing_ok=True)
         g.result.notes.append(f"no feedback file: its page could not be protected ({exc})")
-
-
-def write_notebook(nb, path: Path) -> None:
-    """Write a notebook atomically (nbgrader leaves the autograded copy read-only)."""
-    import nbformat
-
-    tmp = path.with_name(path.name + ".tmp")
-    nbformat.write(nb, tmp)
-    tmp.replace(path)
 
 
 def _replayer(g: Grading, lab):
