@@ -11,7 +11,7 @@ Layout of the output folder (OUT):
                               feedback/ (`python -m grader formgrade --out OUT` serves it in formgrader)
   work/<student>/             one submission's own grading: worker.log, result.json, verification.json,
                               merged.json (its gradebook, evidence and scratch too with --keep-work: light.py)
-  collected/                  a copy of the input, archives unpacked
+  collected/                  a copy of the input, archives unpacked (only while grading, or with --keep-work)
 
 Running the command again on the same OUT continues: submissions already merged, with the
 same file content, are not graded again (--regrade forces it). Manual grades entered in
@@ -155,7 +155,7 @@ def tests_in_order(course: Course, max_tests: dict[str, float]) -> list[str]:
 def collect_phase(course: Course, opts: Options, out: Path, echo):
     roster = collect.read_roster(opts.roster) if opts.roster else None
     mapping = collect.read_mapping(opts.mapping) if opts.mapping else None
-    unpacked = collect.unpack_all(opts.submissions, out / "collected")
+    unpacked = collect.unpack_all(opts.submissions, BatchFolders(out).collected)
     found = collect.collect(unpacked.root, course.notebook, course.named_regexps, roster, mapping, unpacked.refused)
     collect.write_report(found, out / "collect.csv")
     echo(f"Collected {len(found.submissions)} submissions from {opts.submissions} "
@@ -507,6 +507,8 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
             echo(used)
         merger.started = time.monotonic()
         grade_phase(course, opts, settings, todo, merger, zygote)
+    if not opts.keep_work:
+        light.after_batch(folders)  # the copy of the input: a later run copies it again
     results = list({**kept, **merger.results}.values())
     # what this run graded with; with nothing graded now, what the earlier run said
     extra = graded_with_lines(used) + unsafe_lines(settings) if todo else \

@@ -84,6 +84,11 @@ class BatchFolders:
         return self.out / "work"
 
     @property
+    def collected(self) -> Path:
+        """A copy of the input, archives unpacked (removed after the batch unless --keep-work)."""
+        return self.out / "collected"
+
+    @property
     def template(self) -> Path:
         return self.work / "_template"
 

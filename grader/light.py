@@ -12,9 +12,10 @@ read merged.json). The rest served the grading only and goes once it is done, un
   from it (the page and formgrader get the light figures; verification has read the full ones);
   at the end of its pipeline, the evidence, the kernels' folders, the lab's files nbgrader
   copied beside the notebook, and the outputs of the submitted copy (the file as handed in
-  stays in collected/);
+  stays where the TA took it from);
 - in the parent, once the submission is merged (batch.Merger): the job's own gradebook, the
-  folders emptied by the move into the main nbgrader folder, and the middle of a long worker.log.
+  folders emptied by the move into the main nbgrader folder, and the middle of a long worker.log;
+  once the batch is graded, collected/ (the copy of the input: a later run copies it again).
 
 The reference run's job folder is kept whole: each submission is verified against its evidence
 and the figures it displayed, on this run and on a later one.
@@ -40,8 +41,8 @@ from .jobs import (
     write_notebook,
 )
 
-FIGURE_SIDE = 800               # pixels: the longer side of a figure kept (larger ones are scaled down)
-FIGURE_QUALITY = 60             # JPEG quality of the figures kept
+FIGURE_SIDE = 640               # pixels: the longer side of a figure kept (larger ones are scaled down)
+FIGURE_QUALITY = 55             # JPEG quality of the figures kept
 LARGEST_FIGURE = 40_000_000     # pixels: a figure larger than this is left as it is, never decoded
 LOG_KEPT = 256 << 10            # bytes of a worker.log kept after merging: its first and last halves
 # What a batch keeps per submission by default, at most, in bytes: tests/test_grading_batch.py
@@ -126,6 +127,13 @@ def tidy_job(folder: JobFolder, course, student: str) -> None:
                 if cell.cell_type == "code":
                     cell.outputs, cell.execution_count = [], None
             write_notebook(nb, submitted)
+
+
+def after_batch(folders: BatchFolders) -> None:
+    """The parent's side, once every submission is merged: the copy of the input (collected/)."""
+    from .kernel.reap import remove_tree
+
+    remove_tree(folders.collected)
 
 
 def after_merge(folder: JobFolder) -> None:

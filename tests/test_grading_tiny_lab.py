@@ -63,6 +63,7 @@ def test_a_graded_job_keeps_its_records_only(graded):
         assert (job / MERGED).is_file() and not (job / GRADEBOOK).exists() and not (job / EVIDENCE).exists()
         assert not (job / "autograded").exists(), "the notebooks live in the main nbgrader folder"
     assert (out / "work" / "_reference" / EVIDENCE).is_dir(), "every submission is verified against it"
+    assert not (out / "collected").exists(), "the copy of the input goes once the batch is graded"
     assert light.disk_use(out)[2] == len(samples)
 
 
@@ -72,7 +73,7 @@ def test_keep_work_keeps_what_each_grading_made(graded, tmp_path):
     inbox = tmp_path / "inbox"
     (inbox / "reference").mkdir(parents=True)
     (inbox / "reference" / f"{course.notebook}.ipynb").write_bytes(
-        next((out / "collected").rglob(f"reference/{course.notebook}.ipynb")).read_bytes())
+        (out.parent / "inbox" / "reference" / f"{course.notebook}.ipynb").read_bytes())
     env = run_env() | {course_mod.COURSE_VAR: str(TINY)}
     proc = subprocess.run([sys.executable, "-m", "grader", "grade", str(inbox), "--out", str(tmp_path / "out"),
                            "--workers", "1", "--keep-work"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -81,6 +82,7 @@ def test_keep_work_keeps_what_each_grading_made(graded, tmp_path):
     job = tmp_path / "out" / "work" / "reference"
     assert (job / GRADEBOOK).is_file() and any((job / EVIDENCE).glob("*.npz")) and (job / "run").is_dir()
     assert (job / MERGED).is_file()
+    assert any((tmp_path / "out" / "collected").rglob("*.ipynb")), "and the copy of the input"
 
 
 def test_the_engine_names_no_lab():
