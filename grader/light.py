@@ -46,10 +46,10 @@ FIGURE_QUALITY = 55             # JPEG quality of the figures kept
 LARGEST_FIGURE = 40_000_000     # pixels: a figure larger than this is left as it is, never decoded
 LOG_KEPT = 256 << 10            # bytes of a worker.log kept after merging: its first and last halves
 # What a batch keeps per submission by default, at most, in bytes: tests/test_grading_batch.py
-# checks it, grader/README-TA.md (*Speed*) quotes it. The model solution keeps 1.53 MB: its page
-# (0.73 MB, of which 0.36 MB of figures), the autograded notebook (0.50 MB, the same figures), the
-# submitted copy and the file as collected (0.11 MB each), the job's records (0.04 MB).
-KEPT_PER_SUBMISSION = 1_600_000
+# checks it, grader/README-TA.md (*Speed*) quotes it. The model solution keeps 1.29 MB: its page
+# (about 0.36 MB of text and style, the rest figures), the autograded notebook (the same figures),
+# the submitted copy without outputs (0.11 MB), the job's records (0.08 MB).
+KEPT_PER_SUBMISSION = 1_400_000
 SCRATCH = (EVIDENCE, RUN, REPLAY)   # a job folder's folders that only served the grading
 NOTEBOOK_KINDS = ("submitted", "autograded", "feedback")
 
