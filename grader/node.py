@@ -38,10 +38,21 @@ from .results import GradingResult
 
 ROOT_NAME = "grader-cluster"   # in the machine's temporary folder: one folder per worker process
 OWNER = "owner.json"           # the worker process a folder belongs to: {"pid", "started"}
+LOCK = ".lock"                 # in the root: held while a worker reaps
 
 
 def machine_root() -> Path:
-    return Path(tempfile.gettempdir()) / ROOT_NAME
+    """This user's folder for the workers of this machine, made if missing; refused if someone else
+    made it (or put a link there)."""
+    import stat
+
+    root = Path(tempfile.gettempdir()) / f"{ROOT_NAME}-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise RuntimeError(f"{root} is not a folder of this user's: remove it, then grade again")
+    return root
 
 
 def _owner(pid: int) -> dict | None:
@@ -57,22 +68,26 @@ def reap_stale(root: Path | None = None) -> list[Path]:
     """Remove the worker folders under root whose worker process no longer runs, with what still
     runs of their jobs (runner.kill_job: processes by their marker, the sandboxes' leftovers);
     return them. A folder without a readable owner.json is left alone."""
+    import fcntl
+
     root = root or machine_root()
-    removed = []
-    for folder in sorted(root.glob("w-*")) if root.is_dir() else []:
-        try:
-            owner = json.loads((folder / OWNER).read_text())
-            pid, started = int(owner["pid"]), float(owner["started"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if _owner(pid) == {"pid": pid, "started": started}:
-            continue
-        for job_dir in sorted(BatchFolders(folder).work.glob("*")):
-            if job_dir.is_dir() and not job_dir.is_symlink():
-                runner.kill_job(job_dir)
-        remove_tree(folder)
-        removed.append(folder)
-    return removed
+    with open(root / LOCK, "w") as lock:  # one reaper at a time: the workers of a machine start together
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return [folder for folder in sorted(root.glob("w-*")) if _reap_if_stale(folder)]
+
+
+def _reap_if_stale(folder: Path) -> bool:
+    try:
+        owner = json.loads((folder / OWNER).read_text())
+        pid, started = int(owner["pid"]), float(owner["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if _owner(pid) == {"pid": pid, "started": started}:
+        return False
+    for job_dir in sorted(BatchFolders(folder).work.glob("*")):
+        clear_job(job_dir)
+    remove_tree(folder)
+    return True
 
 
 def clear_job(job_dir: Path) -> None:
@@ -101,9 +116,7 @@ class GradingPlugin(WorkerPlugin):
         self.worker = worker
         self.stack = contextlib.ExitStack()
         reap_stale()
-        root = machine_root()
-        root.mkdir(mode=0o700, exist_ok=True)
-        self.folder = root / f"w-{os.getpid()}-{secrets.token_hex(4)}"
+        self.folder = machine_root() / f"w-{os.getpid()}-{secrets.token_hex(4)}"
         self.folder.mkdir(mode=0o700)
         (self.folder / OWNER).write_text(json.dumps(_owner(os.getpid())))
         self.folders = BatchFolders(self.folder)
@@ -121,6 +134,8 @@ class GradingPlugin(WorkerPlugin):
         self.keeper.start()
 
     def teardown(self, worker) -> None:
+        if not hasattr(self, "keeper"):  # its setup failed
+            return
         self.stopping.set()
         self.keeper.join()
         for job_dir in sorted(self.folders.work.glob("*")):
