@@ -51,6 +51,7 @@ CLAIMS = [
     (ARCHITECTURE, r"memory \((\d+) GB\) and processes \((\d+)\)",
      (SANDBOX["memory_mb"] / GB, SANDBOX["max_processes"])),
     (TA, r"only 3 of the (\d+) provided cells were found", (PROVIDED,)),
+    (TA, r"`\[cluster\] allowed_failures` \+ 1 times \((\d+)\)", (course_mod.cluster_settings(COURSE).allowed_failures + 1,)),
 ]
 
 
