@@ -384,7 +384,7 @@ def grade_phase(todo: list, merger: Merger, executor) -> None:
                 try:
                     result = fut.result()
                 except Exception as exc:  # the launcher itself failed: record, go on
-                    result = GradingResult.failure(sid, f"could not run the grader ({text.terminal(str(exc))})")
+                    result = GradingResult.failure(sid, f"could not run the grader ({exc})")
                 merger.finish(sid, f, job_dir, result)
     except BaseException:
         for fut in pending:

@@ -35,6 +35,7 @@ from .results import GradingResult
 
 KINDS = ("local", "slurm", "pbs")
 POLL_S = 2.0   # how often the workers are counted, for the lines saying who joined and left
+ALONE_S = 60.0  # with no worker, how often to say so (batch jobs waiting in the queue)
 
 
 def check_spec(spec: str) -> str:
@@ -106,7 +107,7 @@ class Executor:
         self.seen: dict[str, int] = {}        # worker address -> its threads, as last counted
         self.used: dict[str, dict] = {}       # worker address -> what it graded with, and how many
         self.stats: list[dict] = []           # per task: bytes each way, seconds (scripts/benchmark_grading.py)
-        self.polled = 0.0
+        self.polled = self.alone = 0.0
         self.token = secrets.token_hex(4)
 
     def begin(self, course: Course, opts, settings, folders: BatchFolders, zygote, echo) -> str:
@@ -183,6 +184,9 @@ class Executor:
         for address in sorted(set(self.seen) - set(now)):
             self.echo(f"Cluster: worker {address} left ({len(now)} worker(s), {sum(now.values())} thread(s))")
         self.seen = dict(now)
+        if not now and time.monotonic() - self.alone > ALONE_S:
+            self.alone = time.monotonic()
+            self.echo(f"Cluster: no worker yet ({self.spec}: batch jobs still queued, or none could start)")
 
     def stop(self) -> None:
         """Interrupted: cancel what is left; the workers' plugin removes their job folders."""

@@ -189,3 +189,27 @@ def test_a_cluster_spec_is_checked_before_anything_starts():
     assert cluster.check_spec("tcp://127.0.0.1:8786") == "tcp://127.0.0.1:8786"
     with pytest.raises(SystemExit, match="expected local, slurm, pbs or tcp://HOST:PORT"):
         cluster.check_spec("kubernetes")
+
+
+def test_what_a_killed_worker_left_is_reaped_and_a_live_ones_kept(tmp_path):
+    """node.reap_stale: a worker folder whose worker process is gone goes, with the processes of
+    its jobs (found by the marker in their environment); a running worker's folder stays."""
+    import secrets
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    marker = f"s1-{secrets.token_hex(6)}"
+    orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, runner.MARKER: marker})
+    try:
+        dead, alive = tmp_path / "w-dead", tmp_path / "w-alive"
+        for folder, pid in ((dead, gone.pid), (alive, os.getpid())):
+            job = jobs.BatchFolders(folder).job("s1").path
+            job.mkdir(parents=True)
+            (job / jobs.MARKER_FILE).write_text(marker if folder == dead else "not-running")
+            started = psutil.Process(pid).create_time() if folder == alive else 0.0
+            (folder / node.OWNER).write_text(json.dumps({"pid": pid, "started": started}))
+        assert node.reap_stale(tmp_path) == [dead]
+        assert not dead.exists() and alive.exists()
+        assert marked_alive(marker) == [] and orphan.wait(timeout=10) is not None  # killed (and reaped by psutil)
+    finally:
+        orphan.kill()
