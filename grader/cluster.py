@@ -122,7 +122,18 @@ class Executor:
         self.client.register_plugin(node.GradingPlugin(info, self.plugin), name=self.plugin)
         self.shared_bytes = sum(map(len, shared.values()))
         self.poll(force=True)
+        self._wait_ready()
         return f"on the cluster {self.spec} ({len(self.seen)} worker(s) now)"
+
+    def _wait_ready(self) -> None:
+        """Wait for the workers there are to finish their start (sandbox probe, warm kernels)."""
+        if not self.seen:
+            return
+        self.echo(f"Cluster: {len(self.seen)} worker(s) probing their sandbox and starting their warm kernels...")
+        started = time.monotonic()
+        said = self.client.run(node.wait_ready, self.plugin)
+        kinds = sorted({line.split("; ")[-1].rstrip(".") for line in said.values()})
+        self.echo(f"Cluster: {len(said)} worker(s) ready ({time.monotonic() - started:.0f} s): {'; '.join(kinds)}")
 
     def submit(self, sid: str, f, job_dir: Path) -> concurrent.futures.Future:
         job = dataclasses.asdict(Job.read(job_dir))

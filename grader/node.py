@@ -185,8 +185,8 @@ class GradingPlugin(WorkerPlugin):
         return {"address": self.worker.address, "host": os.uname().nodename, "statement": self.statement}
 
     def grade(self, sid: str, job: dict, name: str, data: bytes) -> dict:
-        started = time.monotonic()
         course, settings, zygote, refusal = self.ready()
+        started = time.monotonic()
         if refusal:
             return {"result": GradingResult.failure(sid, refusal).to_dict(), "files": {}, "worker": self.identity(),
                     "job_dir": "", "seconds": 0.0}
@@ -210,8 +210,19 @@ class GradingPlugin(WorkerPlugin):
                 "seconds": round(time.monotonic() - started, 2)}
 
 
+async def wait_ready(plugin: str, dask_worker=None) -> str:
+    """Wait until the worker's start is done (Client.run: the batch waits for the workers it has);
+    return what it grades with."""
+    import asyncio
+
+    ready = dask_worker.plugins[plugin]
+    await asyncio.to_thread(ready.started.wait)
+    return ready.statement
+
+
 def grade(plugin: str, sid: str, job: dict, name: str, data: bytes) -> dict:
-    """The task: grade one submission on this worker (GradingPlugin.grade)."""
+    """The task: grade one submission on this worker (GradingPlugin.grade); its seconds are the
+    task's own, after the worker's start."""
     return get_worker().plugins[plugin].grade(sid, job, name, data)
 
 

@@ -88,11 +88,10 @@ def _context():
 
 
 def start_forkserver() -> None:
-    """Start the fork server now (it imports PRELOAD once), rather than with the first job."""
-    from multiprocessing import forkserver
-
-    _context()
-    forkserver.ensure_running()
+    """Start the fork server now, and wait for its imports (PRELOAD), rather than with the first job."""
+    proc = _context().Process(target=os.getpid, name="grader-forkserver-ready")
+    proc.start()
+    proc.join()
 
 
 def _worker_process(job_dir: str, env: dict[str, str], log: str, argv: list[str] | None) -> None:
