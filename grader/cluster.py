@@ -131,7 +131,8 @@ class Executor:
             return
         self.echo(f"Cluster: {len(self.seen)} worker(s) probing their sandbox and starting their warm kernels...")
         started = time.monotonic()
-        said = self.client.run(node.wait_ready, self.plugin)
+        said = {a: v for a, v in self.client.run(node.wait_ready, self.plugin, on_error="return").items()
+                if isinstance(v, str)}  # a worker lost meanwhile is left out
         kinds = sorted({line.split("; ")[-1].rstrip(".") for line in said.values()})
         self.echo(f"Cluster: {len(said)} worker(s) ready ({time.monotonic() - started:.0f} s): {'; '.join(kinds)}")
 
