@@ -247,6 +247,8 @@ def report_cluster(pool: dict, on: dict, executor, merge_s: float, workers: int)
     print(f"Bytes per submission: {sent / 1e3:.0f} kB sent, {back / 1e3:.0f} kB back; once per worker: "
           f"{executor.shared_bytes / 1e3:.0f} kB (template, reference evidence)")
     print(f"The batch's merge of one submission (serial, on the batch's machine): {merge_s:.2f} s")
+    stages = ", ".join(f"{st} {pool['stages'].get(st, 0):.1f}/{on['stages'].get(st, 0):.1f}" for st in STAGES)
+    print(f"Stages, median s, pool/cluster: {stages}")
     setup = on["setup"]
     print(f"\nProjected wall time of 3,000 submissions, one kernel per core, {grading:.1f} s of grading + {overhead:.2f} s "
           f"overhead each, {setup:.0f} s of set-up, the merge ({merge_s:.2f} s each) as the floor:\n")
