@@ -78,8 +78,9 @@ def start(spec: str, course: Course, workers: int = 0):
     return None, spec
 
 
-def _jobqueue(kind: str, cfg):
-    """A dask-jobqueue cluster of cfg.batch_jobs jobs; its workers non-daemonic, started in the kit's folder."""
+def jobqueue_cluster(kind: str, cfg):
+    """dask-jobqueue's cluster of `kind` (no job asked for yet): its settings from course.toml
+    [cluster.<kind>] over Dask's jobqueue.<kind>; each job's worker non-daemonic, started in the kit's folder."""
     import dask_jobqueue
 
     made = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}[kind]
@@ -89,10 +90,15 @@ def _jobqueue(kind: str, cfg):
     kwargs["job_script_prologue"] = prologue + [f"cd {ROOT}", "export DASK_DISTRIBUTED__WORKER__DAEMON=False"]
     kwargs.setdefault("python", sys.executable)
     try:
-        cluster = getattr(dask_jobqueue, made)(**kwargs)
+        return getattr(dask_jobqueue, made)(**kwargs)
     except ValueError as exc:
         raise SystemExit(f"--cluster {kind}: {exc}\nSet it in course.toml [cluster.{kind}] or in Dask's "
                          f"configuration (jobqueue.{kind} in ~/.config/dask/jobqueue.yaml)") from exc
+
+
+def _jobqueue(kind: str, cfg):
+    """jobqueue_cluster, with cfg.batch_jobs jobs asked for."""
+    cluster = jobqueue_cluster(kind, cfg)
     cluster.scale(jobs=cfg.batch_jobs)
     return cluster
 

@@ -175,8 +175,8 @@ def test_the_client_killed_and_run_again_grades_nothing_twice(course, inbox, tmp
     assert not list(node.machine_root().glob("w-*")), "a killed worker's folder survived the next run"
 
 
-def test_unexpected_files_from_a_worker_are_refused(course, tmp_path):
-    names = jobs.returned_files(course, "s1")
+def test_unexpected_files_from_a_worker_are_refused(tmp_path):
+    names = jobs.returned_files(course_mod.load(TINY), "s1")
     jobs.unpack(tmp_path, {names[0]: b"ok"}, names)
     assert (tmp_path / names[0]).read_bytes() == b"ok"
     for bad in ({"../escape": b"x"}, {"submitted/s2/tiny_lab/tiny_lab.ipynb": b"x"}, {names[1]: "not bytes"}):
@@ -213,3 +213,19 @@ def test_what_a_killed_worker_left_is_reaped_and_a_live_ones_kept(tmp_path):
         assert marked_alive(marker) == [] and orphan.wait(timeout=10) is not None  # killed (and reaped by psutil)
     finally:
         orphan.kill()
+
+
+def test_a_slurm_jobs_worker_may_start_grading_processes_in_the_kit():
+    """--cluster slurm's job script (no job is submitted): the settings from course.toml, the
+    worker started in the kit's folder and non-daemonic (so that it may fork graders)."""
+    import dataclasses
+
+    cfg = course_mod.cluster_settings(course_mod.load(TINY))
+    cfg = dataclasses.replace(cfg, jobqueue={**cfg.jobqueue, "slurm": {"cores": 2, "memory": "4GB", "queue": "grading"}})
+    made = cluster.jobqueue_cluster("slurm", cfg)
+    try:
+        script = made.job_script()
+    finally:
+        made.close()
+    assert "#SBATCH -p grading" in script and f"cd {ROOT}" in script
+    assert "export DASK_DISTRIBUTED__WORKER__DAEMON=False" in script and sys.executable in script
