@@ -225,7 +225,7 @@ def hours(seconds: float) -> str:
 def report_cluster(pool: dict, on: dict, executor, merge_s: float, workers: int) -> None:
     stats = executor.stats
     n = on["n"]
-    around = statistics.median(s["task_seconds"] - s["grading_seconds"] for s in stats)
+    around = max(0.0, statistics.median(s["task_seconds"] - s["grading_seconds"] for s in stats))  # 0.1 s rounding
     unpack = statistics.median(s["unpack_seconds"] for s in stats)
     overhead = executor.noop + around + unpack
     grading = pool["median"]
@@ -241,7 +241,8 @@ def report_cluster(pool: dict, on: dict, executor, merge_s: float, workers: int)
           f"{unpack * 1000:.0f} ms: {overhead:.2f} s, {100 * overhead / grading:.1f}% of a submission's "
           f"{grading:.1f} s of grading (target: under 5%)")
     print(f"Wall time per submission, cluster against pool: {on['wall'] / n - pool['wall'] / pool['n']:+.2f} s "
-          "(includes each worker's own start: its zygote and fork server, once per worker)")
+          "(includes each worker's first submission, slower: its warm kernels' first; on one machine the reference run "
+          "pays it)")
     sent = statistics.median(s["bytes_in"] for s in stats)
     back = statistics.median(s["bytes_out"] for s in stats)
     print(f"Bytes per submission: {sent / 1e3:.0f} kB sent, {back / 1e3:.0f} kB back; once per worker: "
