@@ -58,8 +58,8 @@ def cmd_demo(args) -> int:
     print(f"Demo class: {', '.join(s.name for s in chosen)} (built from the student notebook in "
           f"{(work / 'inbox').relative_to(ROOT)}/). Grading it offline, as a TA would "
           "(offline: this checks the kit, not the lab's results)...")
-    graded = batch.grade(course, batch.Options(submissions=work / "inbox", out=work / "out",
-                                               workers=args.workers, allow_unsafe=args.allow_unsafe))
+    graded = _grade(course, batch.Options(submissions=work / "inbox", out=work / "out",
+                                          workers=args.workers, allow_unsafe=args.allow_unsafe), args.cluster)
     return _demo_verdict(course, chosen, graded, work / "out")
 
 
@@ -83,6 +83,17 @@ def _demo_verdict(course, chosen, graded, out: Path) -> int:
     return 0
 
 
+def _grade(course, opts, spec: str | None):
+    """batch.grade, on the Dask cluster `spec` when given (grader/cluster.py: Dask is imported only then)."""
+    from . import batch
+
+    if not spec:
+        return batch.grade(course, opts)
+    from . import cluster
+
+    return cluster.grade(course, opts, cluster.check_spec(spec), workers=opts.workers)
+
+
 def cmd_grade(args) -> int:
     from . import batch
 
@@ -91,7 +102,7 @@ def cmd_grade(args) -> int:
                          cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout,
                          regrade=True if args.regrade == [] else (args.regrade or False),
                          allow_unsafe=args.allow_unsafe, warm=not args.cold_kernels, keep_work=args.keep_work)
-    result = batch.grade(load(), opts)
+    result = _grade(load(), opts, args.cluster)
     return 0 if result.collection.submissions else 1
 
 
@@ -142,6 +153,13 @@ def cmd_doctor(args) -> int:
     return doctor.main()
 
 
+def add_cluster_argument(parser) -> None:
+    parser.add_argument("--cluster", metavar="SPEC",
+                        help="grade on a Dask cluster: local (worker processes on this machine), slurm or pbs "
+                             "(batch jobs, settings in course.toml [cluster] and Dask's jobqueue configuration), "
+                             "or tcp://HOST:PORT (a running scheduler); see grader/README-TA.md")
+
+
 def add_grade_parser(sub) -> None:
     course = load()
     p = sub.add_parser("grade", help="autograde a folder or zip of submissions into grades.csv, feedback "
@@ -167,6 +185,7 @@ def add_grade_parser(sub) -> None:
     p.add_argument("--allow-unsafe", action="store_true",
                    help="grade even though this machine lacks part of the sandbox (no bubblewrap, no user "
                         "namespaces, no cgroup); what is off is said on screen and in summary.md")
+    add_cluster_argument(p)
     p.add_argument("--cold-kernels", action="store_true",
                    help="start every kernel from scratch (each imports the lab's libraries) instead "
                         "of forking it from one process that imported them (grader/kernel/zygote.py); slower")
@@ -185,6 +204,7 @@ def main(argv=None) -> int:
     demo.add_argument("--only", nargs="+", metavar="NAME", help="grade only these samples of the demo class")
     demo.add_argument("--workers", type=int, default=0, help="submissions graded at once (default: one per CPU)")
     demo.add_argument("--allow-unsafe", action="store_true", help="as for grade")
+    add_cluster_argument(demo)
     sub.add_parser("student", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
     sub.add_parser("record", help="re-execute the source notebook offline to record the outputs nbval checks")
     sub.add_parser("check-sync", help="fail if the committed student notebook is stale")

@@ -217,7 +217,7 @@ def reference_phase(course: Course, opts: Options, settings: Settings, folders: 
                cell_timeout_s=settings.cell_timeout_s, allow_unsafe=bool(settings.protections_off),
                seed=_seed(folders)).write(job_dir)
     echo("Reference run: the reference answers through the same sandbox and checks, for verification...")
-    result = runner.run_job(job_dir, _env(course, opts, settings, job_dir, zygote), settings.notebook_timeout_s)
+    result = runner.run_job(job_dir, job_env(course, opts, settings, job_dir, zygote), settings.notebook_timeout_s)
     problems = [result.reason] if result.status == "failed" else lab.load(course).reference_problems(
         evidence.Store(job.file(EVIDENCE)).load(),
         evidence.displayed(nbformat.read(job.notebook("autograded", course), as_version=4)), _seed(folders))
@@ -228,8 +228,9 @@ def reference_phase(course: Course, opts: Options, settings: Settings, folders: 
     return job_dir, result.seconds
 
 
-def _env(course: Course, opts: Options, settings: Settings, job_dir: Path,
-         zygote: warm.Zygote | None = None) -> dict[str, str]:
+def job_env(course: Course, opts: Options, settings: Settings, job_dir: Path,
+            zygote: warm.Zygote | None = None) -> dict[str, str]:
+    """The environment of a job's worker process (and its kernel's variables): the one place it is built."""
     env = grading_env(course, job_dir, online=opts.online, n_images=settings.n_images,
                       threads=settings.threads, gpu_stand_in=True)
     return env | ({warm.ENV_VAR: str(zygote.folder)} if zygote else {})
@@ -240,19 +241,17 @@ def warm_kernels(course: Course, opts: Options, settings: Settings, folders: Bat
     if not (wanted and opts.warm) or settings.protections_off:
         return contextlib.nullcontext()
     work = folders.work
-    env, binds = course_kernel_spec(course, _env(course, opts, settings, work))
+    env, binds = course_kernel_spec(course, job_env(course, opts, settings, work))
     graded = lab.load(course)
     return warm.start([work], env, binds, work / "zygote.log", echo, sandbox.Limits.load(course.file),
                       graded.PRELOAD, graded.LIBRARIES)
 
 
 def _clear(job_dir: Path) -> None:
-    """An empty job folder; whatever a killed grading of it left elsewhere (cgroups, socket folders)
-    is removed first, from the manifests it left here."""
-    from .kernel.reap import reap
-
+    """An empty job folder; whatever a killed grading of it left elsewhere (its processes, cgroups,
+    socket folders) is removed first, from the marker and manifests it left here."""
     if job_dir.exists():
-        reap(job_dir)
+        runner.kill_job(job_dir)
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
 
@@ -350,36 +349,63 @@ class Merger:
                 f"~{_clock(left)} left{why}")
 
 
-def grade_phase(course: Course, opts: Options, settings: Settings, todo: list, merger: Merger,
-                zygote: warm.Zygote | None = None) -> None:
-    """Grade in parallel, each submission in a worker process; merge each as it finishes."""
-    running: dict[str, tuple] = {}
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-        futures = {}
-        for sid, f, job_dir in todo:
-            env = _env(course, opts, settings, job_dir, zygote)
-            futures[pool.submit(runner.run_job, job_dir, env, settings.notebook_timeout_s, running)] = \
-                (sid, f, job_dir)
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    sid, f, job_dir = futures[fut]
-                    try:
-                        result = fut.result()
-                    except Exception as exc:  # the launcher itself failed: record, go on
-                        result = GradingResult.failure(sid, f"could not run the grader ({exc})")
-                    merger.finish(sid, f, job_dir, result)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            with merger.lock:
-                for pid, marker in list(running.values()):
-                    runner.kill_tree(pid, marker)
-            merger.echo(f"Interrupted: {merger.done} submissions were graded and saved in "
-                        f"{merger.folders.main_db}. Run the same command again to grade the rest.")
-            raise
+class LocalPool:
+    """The executor of grade_phase on this machine: each submission in a worker process of its own
+    (runner.run_job), `settings.workers` at once. grader/cluster.py's Executor is the other one:
+    begin(), submit() -> a concurrent.futures.Future of the GradingResult, with the job folder
+    holding what Merger.finish reads; poll() about once a second; stop() on interruption."""
+
+    def __init__(self):
+        self.running: dict[str, tuple] = {}
+        self.pool = None
+
+    def begin(self, course: Course, opts: Options, settings: Settings, folders: BatchFolders, zygote, echo) -> str:
+        self.course, self.opts, self.settings, self.zygote = course, opts, settings, zygote
+        self.pool = ThreadPoolExecutor(max_workers=settings.workers)
+        return f"with {settings.workers} worker(s)"
+
+    def submit(self, sid: str, f, job_dir: Path):
+        env = job_env(self.course, self.opts, self.settings, job_dir, self.zygote)
+        return self.pool.submit(runner.run_job, job_dir, env, self.settings.notebook_timeout_s, self.running)
+
+    def poll(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        for pid, marker in list(self.running.values()):
+            runner.kill_tree(pid, marker)
+
+    def summary_lines(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def grade_phase(todo: list, merger: Merger, executor) -> None:
+    """Grade each submission on the executor (LocalPool, or a cluster's); merge each as it finishes."""
+    futures = {executor.submit(sid, f, job_dir): (sid, f, job_dir) for sid, f, job_dir in todo}
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            executor.poll()
+            for fut in finished:
+                sid, f, job_dir = futures[fut]
+                try:
+                    result = fut.result()
+                except Exception as exc:  # the launcher itself failed: record, go on
+                    result = GradingResult.failure(sid, f"could not run the grader ({exc})")
+                merger.finish(sid, f, job_dir, result)
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        with merger.lock:
+            executor.stop()
+        merger.echo(f"Interrupted: {merger.done} submissions were graded and saved in "
+                    f"{merger.folders.main_db}. Run the same command again to grade the rest.")
+        raise
 
 
 def unsafe_lines(settings: Settings) -> list[str]:
@@ -480,7 +506,9 @@ def export(course: Course, out: Path, echo=print) -> tuple[report.Points, list[s
     return points, tables, waiting
 
 
-def grade(course: Course, opts: Options, echo=print) -> Batch:
+def grade(course: Course, opts: Options, echo=print, executor=None) -> Batch:
+    """Grade a class (see the module's docstring); on `executor` (default: LocalPool, this machine's
+    worker processes; grader/cluster.py gives a Dask cluster's)."""
     started = time.monotonic()
     folders = BatchFolders(opts.out.resolve())
     folders.out.mkdir(parents=True, exist_ok=True)
@@ -500,18 +528,26 @@ def grade(course: Course, opts: Options, echo=print) -> Batch:
             _, seconds = reference_phase(course, opts, settings, folders, echo, zygote)
             settings = settings.after_reference(course, opts, seconds)
             used = graded_with(settings, opts, zygote is not None)
-        echo(f"Grading {len(todo)} submissions with {settings.workers} worker(s), "
+        executor = executor or LocalPool()
+        where = executor.begin(course, opts, settings, folders, zygote, echo) if todo else \
+            f"with {settings.workers} worker(s)"
+        echo(f"Grading {len(todo)} submissions {where}, "
              f"{'online' if opts.online else 'offline'}, {settings.n_images} images, limits "
              f"{settings.cell_timeout_s} s per cell and {settings.notebook_timeout_s} s per notebook")
         if todo:
             echo(used)
         merger.started = time.monotonic()
-        grade_phase(course, opts, settings, todo, merger, zygote)
+        try:
+            if todo:
+                grade_phase(todo, merger, executor)
+        finally:
+            executor.close()
+        used_by = executor.summary_lines()
     if not opts.keep_work:
         light.after_batch(folders)  # the copy of the input: a later run copies it again
     results = list({**kept, **merger.results}.values())
     # what this run graded with; with nothing graded now, what the earlier run said
-    extra = graded_with_lines(used) + unsafe_lines(settings) if todo else \
+    extra = graded_with_lines(used) + used_by + unsafe_lines(settings) if todo else \
         _kept_summary_lines(folders.out / "summary.md")
     points, tables, waiting = report_phase(course, folders, results, tests, max_tests, extra, manual)
     seconds = time.monotonic() - started

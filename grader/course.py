@@ -100,6 +100,27 @@ def load(path: Path | None = None) -> Course:
         raise SystemExit(f"{path}: the setting {exc} is missing (grader/course.toml says what each one means)") from exc
 
 
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The course file's [cluster] table: grading on a Dask cluster (grader/cluster.py). Their
+    meaning: the comments of grader/course.toml."""
+    allowed_failures: int
+    local_workers: int
+    local_threads: int
+    batch_jobs: int
+    jobqueue: dict[str, dict]      # "slurm" / "pbs": keyword arguments of dask-jobqueue's cluster
+
+
+def cluster_settings(course: Course) -> ClusterSettings:
+    data = read(course.file).get("cluster") or {}
+    try:
+        return ClusterSettings(int(data["allowed_failures"]), int(data["local_workers"]), int(data["local_threads"]),
+                               int(data["batch_jobs"]), {kind: dict(data.get(kind, {})) for kind in ("slurm", "pbs")})
+    except (KeyError, TypeError) as exc:
+        raise SystemExit(f"{course.file}: the [cluster] setting {exc} is missing (grader/course.toml says what each "
+                         "one means)") from exc
+
+
 def tool(name: str) -> str:
     """Path of a console script (nbgrader, jupyter) in the running Python environment."""
     candidate = Path(sys.executable).parent / name

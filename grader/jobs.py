@@ -120,3 +120,65 @@ class Job:
     @classmethod
     def read(cls, job_dir: Path) -> "Job":
         return cls(**json.loads((Path(job_dir) / JOB).read_text()))
+
+
+# ----------------------------------------------------------------------------- jobs graded elsewhere
+# A job graded on another machine (grader/cluster.py) travels as bytes: the files the worker needs
+# from the batch go out once per machine, the files the batch reads come back, and nothing else.
+
+MARKER_FILE = "job.marker"  # the marker in the environment of the job's processes (runner.MARKER)
+
+
+def returned_files(course: Course, student: str) -> tuple[str, ...]:
+    """What of a job folder goes back to the batch, relative to the job folder: what Merger.finish,
+    the reports and a TA read (gradebook, result, log, verdicts, the notebooks and the page)."""
+    here = Path()
+    notebooks = [notebook_path(here, kind, student, course) for kind in ("submitted", "autograded")]
+    page = notebook_path(here, "feedback", student, course, ".html")
+    return (GRADEBOOK, RESULT, LOG, VERIFICATION, *(p.as_posix() for p in (*notebooks, page)))
+
+
+def shared_files(folders: BatchFolders, course: Course, reference: str) -> tuple[str, ...]:
+    """What every machine grading a batch needs from it, relative to its work folder: the empty
+    gradebook and the student version (the template), and the reference run's evidence and
+    autograded notebook (what the verification compares with)."""
+    ref = folders.job(reference)
+    paths = [folders.template / GRADEBOOK, folders.template / "release" / course.assignment / f"{course.notebook}.ipynb",
+             ref.notebook("autograded", course), *sorted(ref.file(EVIDENCE).glob("*.npz"))]
+    return tuple(p.relative_to(folders.work).as_posix() for p in paths)
+
+
+def pack(folder: Path, names) -> dict[str, bytes]:
+    """{name: content} of the regular files `names` (relative to folder) that exist; a link is skipped."""
+    import os
+
+    packed = {}
+    for name in names:
+        try:
+            fd = os.open(Path(folder) / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        with open(fd, "rb") as f:
+            packed[name] = f.read()
+    return packed
+
+
+def unpack(folder: Path, files: dict, expected) -> int:
+    """Write files {name: bytes} into folder, each atomically; return the bytes written. Refuses
+    (ValueError, nothing written) any name not in `expected` or content that is not bytes: what
+    comes back from a worker was made while student code ran, and is written only where it belongs."""
+    expected = set(expected)
+    if not isinstance(files, dict):
+        raise ValueError(f"expected a dict of files, got {type(files).__name__}")
+    wrong = [repr(name)[:80] for name, data in files.items() if name not in expected or not isinstance(data, bytes)]
+    if wrong:
+        raise ValueError(f"refused unexpected files from the worker: {', '.join(sorted(wrong)[:5])}")
+    size = 0
+    for name, data in files.items():
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        size += len(data)
+    return size

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .course import ROOT
-from .jobs import LOG, RESULT
+from .jobs import LOG, MARKER_FILE, RESULT
 from .kernel.reap import reap
 from .results import GradingResult
 
@@ -39,16 +39,15 @@ def _marked_processes(marker: str):
             continue
 
 
-def kill_tree(pid: int, marker: str | None = None) -> int:
-    """Kill pid, its descendants and every process carrying the job's marker; return how many."""
+def kill_tree(pid: int | None, marker: str | None = None) -> int:
+    """Kill pid (if any), its descendants and every process carrying the job's marker; return how many."""
     import psutil
 
     procs = {}
     try:
-        root = psutil.Process(pid)
-        procs[root.pid] = root
-        for child in root.children(recursive=True):
-            procs[child.pid] = child
+        root = psutil.Process(pid) if pid else None
+        for proc in [root, *root.children(recursive=True)] if root else []:
+            procs[proc.pid] = proc
     except psutil.Error:
         pass
     if marker:
@@ -64,6 +63,18 @@ def kill_tree(pid: int, marker: str | None = None) -> int:
     return len(procs)
 
 
+def kill_job(job_dir: Path) -> int:
+    """Kill what still runs of an earlier grading of job_dir (found by the marker it wrote there,
+    even when the process that started it was killed), then reap what its sandbox left."""
+    try:
+        marker = (job_dir / MARKER_FILE).read_text().strip()
+    except OSError:
+        marker = ""
+    killed = kill_tree(None, marker) if marker else 0
+    reap(job_dir)
+    return killed
+
+
 def _context():
     """multiprocessing's fork server, with PRELOAD imported: each worker is a fresh fork of it."""
     global _forkserver
@@ -74,6 +85,13 @@ def _context():
         context.set_forkserver_preload(list(PRELOAD))
         _forkserver = context
     return _forkserver
+
+
+def start_forkserver() -> None:
+    """Start the fork server now, and wait for its imports (PRELOAD), rather than with the first job."""
+    proc = _context().Process(target=os.getpid, name="grader-forkserver-ready")
+    proc.start()
+    proc.join()
 
 
 def _worker_process(job_dir: str, env: dict[str, str], log: str, argv: list[str] | None) -> None:
@@ -107,6 +125,7 @@ def run_job(job_dir: Path, env: dict[str, str], timeout_s: float, registry: dict
     """
     marker = f"{job_dir.name}-{os.getpid()}-{time.monotonic_ns()}"
     env = dict(env, **{MARKER: marker, "PYTHONUNBUFFERED": "1"})
+    (job_dir / MARKER_FILE).write_text(marker)
     started = time.monotonic()
     proc = _context().Process(target=_worker_process, args=(str(job_dir), env, str(job_dir / LOG), argv),
                               name=f"grader-worker-{job_dir.name}", daemon=False)

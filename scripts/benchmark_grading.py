@@ -17,6 +17,11 @@
    --allow-unsafe: grade where part of the sandbox is missing (what a TA's machine without a
    writable cgroup gives), to measure it.
 5. --full-k N: plain sequential `nbgrader autograde` of N submissions at full size (300 images), the peer.
+6. --cluster local: instead of 1-5, the same K submissions graded with the local pool and on a Dask
+   LocalCluster of as many worker processes (grader/cluster.py), in one run: seconds per submission
+   each way, the cluster's overhead per task (a no-op task's round trip through the scheduler, the
+   worker's own work around the grading, the batch's unpacking), bytes shipped per submission, and
+   from these the projected wall time of 3,000 submissions on N nodes of C cores.
 Nothing is asserted: it is a measurement. Run it on a quiet machine.
 """
 from __future__ import annotations
@@ -64,7 +69,7 @@ def import_floor(runs: int = 3) -> float:
 
 
 def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, warm: bool,
-                 allow_unsafe: bool = False, keep_work: bool = False) -> dict:
+                 allow_unsafe: bool = False, keep_work: bool = False, executor=None) -> dict:
     def echo(line: str) -> None:
         if line.startswith("Grading "):  # the grading phase starts: zygote and reference run done
             grading.append((time.monotonic(), cpu_seconds()))
@@ -76,7 +81,8 @@ def grading_mode(course, inbox: Path, out: Path, workers: int, n_images: int, wa
     used: list[str] = []
     started, cpu = time.monotonic(), cpu_seconds()
     result = batch.grade(course, batch.Options(submissions=inbox, out=out, workers=workers, n_images=n_images,
-                                               warm=warm, allow_unsafe=allow_unsafe, keep_work=keep_work), echo=echo)
+                                               warm=warm, allow_unsafe=allow_unsafe, keep_work=keep_work), echo=echo,
+                         executor=executor)
     ended, cpu_end = time.monotonic(), cpu_seconds()
     t0, c0 = grading[0] if grading else (started, cpu)
     done = [r for r in result.results if r.status != "failed"]
@@ -131,6 +137,7 @@ def main() -> int:
                         help="cell limit for the full-size plain autograde (default 3600 s)")
     parser.add_argument("--keep", type=Path, help="keep the work folders here")
     parser.add_argument("--keep-work", action="store_true", help="grade as `grade --keep-work` (the disk it keeps)")
+    parser.add_argument("--cluster", choices=["local"], help="the local pool against a Dask LocalCluster (6. above)")
     args = parser.parse_args()
     course = course_mod.load()
     n_images = args.n_images or course.grading_n_images
@@ -151,6 +158,9 @@ def main() -> int:
 
         print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+        if args.cluster:
+            cluster_comparison(course, graded, work, args.workers[-1], n_images, args.allow_unsafe)
+            return 0
         floor = import_floor()
         print(f"Import floor (`python -c \"{IMPORTS}\"`, median of 3): {floor:.1f} s", flush=True)
         runs = {}
@@ -180,6 +190,80 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def cluster_comparison(course, inbox: Path, work: Path, workers: int, n_images: int, allow_unsafe: bool) -> None:
+    """The local pool, then a LocalCluster of as many workers, on the same submissions (6. above)."""
+    from grader import cluster
+
+    class Measured(cluster.Executor):
+        def close(self):  # before the cluster goes: a no-op task's round trip, 20 times
+            trips = []
+            for i in range(20):
+                sent = time.monotonic()
+                self.client.submit(int, i, pure=False).result()
+                trips.append(time.monotonic() - sent)
+            self.noop = statistics.median(trips)
+            super().close()
+
+    merges: list[float] = []
+    finish = batch.Merger.finish
+
+    def timed(self, *args):
+        started = time.monotonic()
+        finish(self, *args)
+        merges.append(time.monotonic() - started)
+
+    batch.Merger.finish = timed
+    print(f"Grading {len(list(inbox.iterdir()))} submissions with the local pool, {workers} worker(s)...", flush=True)
+    pool = grading_mode(course, inbox, work / "out-pool", workers, n_images, True, allow_unsafe)
+    pool_merge = statistics.median(merges)
+    executor = Measured("local", workers)
+    print(f"Grading them on a LocalCluster of {workers} worker process(es)...", flush=True)
+    on = grading_mode(course, inbox, work / "out-cluster", workers, n_images, True, allow_unsafe, executor)
+    report_cluster(pool, on, executor, pool_merge, workers)
+
+
+def hours(seconds: float) -> str:
+    return f"{int(seconds // 3600)} h {int(seconds // 60 % 60):02d} min"
+
+
+def report_cluster(pool: dict, on: dict, executor, merge_s: float, workers: int) -> None:
+    stats = executor.stats
+    n = on["n"]
+    around = max(0.0, statistics.median(s["task_seconds"] - s["grading_seconds"] for s in stats))  # 0.1 s rounding
+    unpack = statistics.median(s["unpack_seconds"] for s in stats)
+    overhead = executor.noop + around + unpack
+    grading = pool["median"]
+    print(f"\nLoad average now {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[2]:.1f} (15 min); {os.cpu_count()} CPUs")
+    print("\n| | local pool | LocalCluster |\n|---|---|---|")
+    print(f"| workers | {workers} | {workers} processes |")
+    print(f"| s / submission (grading phase wall / K) | {pool['wall'] / pool['n']:.1f} | {on['wall'] / n:.1f} |")
+    print(f"| s / submission (median, each alone) | {pool['median']:.1f} | {on['median']:.1f} |")
+    print(f"| batch set-up (zygote, reference run; cluster start) | {pool['setup']:.0f} | {on['setup']:.0f} |")
+    print(f"| scores | {sorted(set(pool['scores'].values()))} | {sorted(set(on['scores'].values()))} |")
+    print(f"\nCluster overhead per task: scheduler round trip (no-op task) {executor.noop * 1000:.0f} ms, the worker's "
+          f"work around the grading (job folder, packing) {around * 1000:.0f} ms, the batch's unpacking "
+          f"{unpack * 1000:.0f} ms: {overhead:.2f} s, {100 * overhead / grading:.1f}% of a submission's "
+          f"{grading:.1f} s of grading (target: under 5%)")
+    print(f"Wall time per submission, cluster against pool: {on['wall'] / n - pool['wall'] / pool['n']:+.2f} s "
+          "(includes each worker's first submission, slower: its warm kernels' first; on one machine the reference run "
+          "pays it)")
+    sent = statistics.median(s["bytes_in"] for s in stats)
+    back = statistics.median(s["bytes_out"] for s in stats)
+    print(f"Bytes per submission: {sent / 1e3:.0f} kB sent, {back / 1e3:.0f} kB back; once per worker: "
+          f"{executor.shared_bytes / 1e3:.0f} kB (template, reference evidence)")
+    print(f"The batch's merge of one submission (serial, on the batch's machine): {merge_s:.2f} s")
+    stages = ", ".join(f"{st} {pool['stages'].get(st, 0):.1f}/{on['stages'].get(st, 0):.1f}" for st in STAGES)
+    print(f"Stages, median s, pool/cluster: {stages}")
+    setup = on["setup"]
+    print(f"\nProjected wall time of 3,000 submissions, one kernel per core, {grading:.1f} s of grading + {overhead:.2f} s "
+          f"overhead each, {setup:.0f} s of set-up, the merge ({merge_s:.2f} s each) as the floor:\n")
+    cores = (16, 32, 64)
+    print("| nodes | " + " | ".join(f"{c} cores" for c in cores) + " |\n|---|" + "---|" * len(cores))
+    for nodes in (1, 4, 16, 64):
+        cells = [hours(setup + max(3000 * (grading + overhead) / (nodes * c), 3000 * merge_s)) for c in cores]
+        print(f"| {nodes} | " + " | ".join(cells) + " |")
 
 
 def report(runs: dict, full: dict | None, floor: float, n_images: int) -> None:

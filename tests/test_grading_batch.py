@@ -2,8 +2,8 @@
 
 All samples of tests/submissions.py are graded in ONE run with 2 workers (module fixture),
 in grading mode with 2 images, so the whole module stays within minutes on 2 cores. A few
-of them are graded again with 1 worker to check that parallel and sequential grading
-give the same gradebook.
+of them are graded again on a Dask LocalCluster (`--cluster local`), to check that the cluster
+gives the same gradebook and results as the local pool.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from submissions import SAMPLES, write_samples
 N_IMAGES = 2          # 9 crops per image; 18 crops are enough for 10 concepts
 CELL_TIMEOUT = 60     # the slowest cell (the imports) takes ~15-25 s here under load
 NOTEBOOK_TIMEOUT = 600
-SEQUENTIAL = ["blank", "train_mode", "invalid_json"]
+SUBSET = ["blank", "train_mode", "invalid_json"]  # graded again on a LocalCluster
 
 pytestmark = pytest.mark.slow  # ~12 min on 2 cores: CI runs it, `make test-quick` leaves it out
 
@@ -160,26 +160,36 @@ def test_main_gradebook_holds_what_each_grading_decided_and_flags_problems(grade
         assert merged and all(main[("grade", sid, course.notebook, t)][0] == v for t, v in merged.items()), sid
 
 
-def test_parallel_and_sequential_grading_give_identical_gradebooks(graded, course, inbox, tmp_path):
-    """The sequential batch keeps its work (--keep-work): its full-size figures and its own gradebooks
-    give the same points as the light batch's."""
-    _, out, _ = graded
+def test_a_local_cluster_grades_as_the_local_pool(graded, course, inbox, tmp_path):
+    """A few samples graded again on a Dask LocalCluster (`--cluster local`) with --keep-work: the
+    same gradebook and the same results as the module's light batch on the local pool, and each
+    job's own gradebook (back from its worker) holds what the main one got (tests/test_grading_cluster.py
+    has the cluster's failures)."""
+    from grader import cluster
+
+    result, out, _ = graded
     subset = tmp_path / "subset"
-    for name in SEQUENTIAL:
+    for name in SUBSET:
         shutil.copytree(inbox / name, subset / name)
-    batch.grade(course, options(subset, tmp_path / "seq", workers=1, keep_work=True), echo=lambda *_: None)
+    again = cluster.grade(course, options(subset, tmp_path / "cluster", workers=2, keep_work=True), "local",
+                          echo=lambda *_: None)
 
     def only(dump):
-        return {k: v for k, v in dump.items() if k[1] in SEQUENTIAL}
+        return {k: v for k, v in dump.items() if k[1] in SUBSET}
 
-    parallel = only(score.dump(out / "nbgrader" / "gradebook.db", course.assignment))
-    sequential = only(score.dump(tmp_path / "seq" / "nbgrader" / "gradebook.db", course.assignment))
-    assert parallel == sequential
+    def same(r):
+        return r.status, r.tests, sorted(r.review)
+
+    pooled = only(score.dump(out / "nbgrader" / "gradebook.db", course.assignment))
+    clustered = only(score.dump(tmp_path / "cluster" / "nbgrader" / "gradebook.db", course.assignment))
+    assert pooled == clustered
+    assert {r.student: same(r) for r in again.results} == {r.student: same(r) for r in result.results
+                                                           if r.student in SUBSET}
+    assert (tmp_path / "cluster" / "feedback" / SUBSET[0] / f"{course.notebook}.html").exists()
     for sid in ("blank", "train_mode"):  # gradable (invalid_json's own gradebook was never merged)
-        own = score.dump(tmp_path / "seq" / "work" / sid / GRADEBOOK, course.assignment)
+        own = score.dump(tmp_path / "cluster" / "work" / sid / GRADEBOOK, course.assignment)
         mine = {k: v for k, v in own.items() if k[0] in ("grade", "comment")}
-        assert mine and all(sequential[k] == v for k, v in mine.items()), sid
-        assert (tmp_path / "seq" / "work" / sid / EVIDENCE).is_dir(), sid
+        assert mine and all(clustered[k] == v for k, v in mine.items()), sid
 
 
 def test_running_again_continues_and_keeps_manual_grades(graded, course, inbox):

@@ -60,6 +60,7 @@ CLAIMS = [
     (TA, r"JPEGs at most (\d+) pixels a side", (light.FIGURE_SIDE,)),
     (TA, r"at most ([\d.]+) MB a submission: a test checks it", (light.KEPT_PER_SUBMISSION / 1e6,)),
     (ARCHITECTURE, r"its middle cut past (\d+) KiB", (light.LOG_KEPT / 1024,)),
+    (TA, r"`\[cluster\] allowed_failures` \+ 1 times \((\d+)\)", (course_mod.cluster_settings(COURSE).allowed_failures + 1,)),
 ]
 
 
