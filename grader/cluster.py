@@ -71,7 +71,7 @@ def start(spec: str, course: Course, workers: int = 0):
 
         n, threads, _ = local_size(course, workers)
         made = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                            dashboard_address=None, silence_logs=40)
+                            dashboard_address=":0", silence_logs=40)  # ":0": any free port
         return made, made
     if spec in ("slurm", "pbs"):
         return (made := _jobqueue(spec, cfg)), made
