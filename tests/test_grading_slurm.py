@@ -134,7 +134,7 @@ def test_the_demo_class_gets_its_points_on_slurm(graded_on_slurm):
 
 def test_its_workers_came_from_slurm_jobs(graded_on_slurm, slurm):  # noqa: F811
     """Each worker the summary names started in a Slurm job: its address is in the log of a job
-    slurmd launched; one job, as the course file asks."""
+    slurmd launched; one job, as the course file asks; each graded in the sandbox."""
     _, _, work, _ = graded_on_slurm
     summary = (work / "out" / "summary.md").read_text()
     named = set(re.findall(r"tcp://127\.0\.0\.1:\d+", summary))
@@ -146,3 +146,5 @@ def test_its_workers_came_from_slurm_jobs(graded_on_slurm, slurm):  # noqa: F811
     assert named <= set(started), f"workers {named - set(started)} are in no job's log ({started})"
     jobs = {started[a] for a in named}
     assert len(jobs) == 1 and all(f"Launching batch job {j} " in slurm.slurmd_log() for j in jobs), slurm.logs()
+    worker_lines = [line for line in summary.splitlines() if any(a in line for a in named)]
+    assert worker_lines and all("isolation ON" in line for line in worker_lines), "sandboxed inside the job"
