@@ -89,16 +89,17 @@ def start(root: Path) -> Slurm:
     """Start munged, slurmctld and slurmd in `root`; wait until the node is idle.
     Raises RuntimeError (with the daemons' logs) when they do not come up; stops what it started.
     `root` stays locked (flock on root/lock) while this process holds the cluster."""
+    node_line = _node_line()
+    node = node_line.split()[0].split("=", 1)[1]
     lock = open(root / "lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     for sub in ("log", "state", "spool", "run", "munge"):
         (root / sub).mkdir(mode=0o700)
-    node = _node_line().split()[0].split("=", 1)[1]
     env = {**os.environ, "SLURM_CONF": str(root / "slurm.conf"), "PATH": _path()}
     slurm = Slurm(root, node, env, lock)
     try:
         _start_munge(slurm)
-        slurm.conf.write_text(_slurm_conf(root, _node_line(), _free_port(), _free_port()))
+        slurm.conf.write_text(_slurm_conf(root, node_line, _free_port(), _free_port()))
         slurm.daemons["slurmctld"] = _daemon(slurm, "slurmctld", "-D", "-f", str(slurm.conf))
         slurm.daemons["slurmd"] = _daemon(slurm, "slurmd", "-D", "-f", str(slurm.conf), "-N", node)
         wait_for(lambda: slurm.node_state() == "idle", "the node to be idle in sinfo", slurm)
@@ -165,7 +166,7 @@ def slurm():
     root = Path(tempfile.mkdtemp(prefix=PREFIX))
     try:
         cluster = start(root)
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"Slurm did not start on this machine: {e}")
     try:
@@ -181,9 +182,10 @@ def _path() -> str:
 
 def _node_line() -> str:
     """`NodeName=host CPUs=... RealMemory=...` for this host, as slurmd sees it."""
-    out = subprocess.run([shutil.which("slurmd", path=_path()), "-C"], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return out.splitlines()[0].strip()
+    done = subprocess.run([shutil.which("slurmd", path=_path()), "-C"], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0 or not done.stdout.startswith("NodeName="):
+        raise RuntimeError(f"`slurmd -C` failed (exit {done.returncode}): {done.stderr.strip()}")
+    return done.stdout.splitlines()[0].strip()
 
 
 def _start_munge(slurm: Slurm) -> None:
