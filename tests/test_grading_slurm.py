@@ -13,10 +13,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import slurm as slurm_mod
-from slurm import slurm  # noqa: F401  (the fixture)
 
+import slurm as slurm_mod
 from conftest import ROOT, run_env
+from slurm import slurm  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 
