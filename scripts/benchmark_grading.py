@@ -220,7 +220,7 @@ def cluster_comparison(course, inbox: Path, work: Path, workers: int, n_images: 
     pool_merge = statistics.median(merges)
     executor = Measured("local", workers)
     print(f"Grading them on a LocalCluster of {workers} worker process(es)...", flush=True)
-    on = grading_mode(course, inbox, work / "out-cluster", workers, n_images, True, allow_unsafe, executor)
+    on = grading_mode(course, inbox, work / "out-cluster", workers, n_images, True, allow_unsafe, executor=executor)
     report_cluster(pool, on, executor, pool_merge, workers)
 
 
