@@ -100,8 +100,10 @@ def graded(course, server, tmp_path_factory):
     # the per-notebook limit derived from the reference run, as in a TA's batch (here: 4 x, 240 s at least)
     quick = dataclasses.replace(course, notebook_timeout_floor_s=240, notebook_timeout_factor=4)
     lines = []
+    # --keep-work: each job's folders stay as the grading left them, so that the tests below see
+    # what a kernel left there (by default light.py removes them once graded: tests/test_grading_light.py)
     result = batch.grade(quick, batch.Options(submissions=inbox, out=out, workers=2, n_images=N_IMAGES,
-                                              cell_timeout_s=120), echo=lines.append)
+                                              cell_timeout_s=120, keep_work=True), echo=lines.append)
     print("\n".join(lines))
     return result, out, samples, lines
 
