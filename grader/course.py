@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 GRADER_DIR = Path(__file__).resolve().parent
@@ -100,6 +100,23 @@ def load(path: Path | None = None) -> Course:
         raise SystemExit(f"{path}: the setting {exc} is missing (grader/course.toml says what each one means)") from exc
 
 
+_CONVERT = {"int": int, "float": float, "str": str}
+
+
+def typed(cls, data: dict, where: str, **extra):
+    """A table of the course file as the dataclass `cls`: exactly its fields (except those in
+    `extra`, given as they are), each value converted to the field's type; anything else refused."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    types = {f.name: f.type for f in fields(cls) if f.name not in extra}
+    if sorted(scalars) != sorted(types):
+        raise SystemExit(f"{where} must set exactly {sorted(types)} (grader/course.toml says what each one "
+                         f"means); it has {sorted(scalars)}")
+    try:
+        return cls(**{k: _CONVERT[types[k]](v) for k, v in scalars.items()}, **extra)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"{where}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
     """The course file's [cluster] table: grading on a Dask cluster (grader/cluster.py). Their
@@ -113,12 +130,8 @@ class ClusterSettings:
 
 def cluster_settings(course: Course) -> ClusterSettings:
     data = read(course.file).get("cluster") or {}
-    try:
-        return ClusterSettings(int(data["allowed_failures"]), int(data["local_workers"]), int(data["local_threads"]),
-                               int(data["batch_jobs"]), {kind: dict(data.get(kind, {})) for kind in ("slurm", "pbs")})
-    except (KeyError, TypeError) as exc:
-        raise SystemExit(f"{course.file}: the [cluster] setting {exc} is missing (grader/course.toml says what each "
-                         "one means)") from exc
+    return typed(ClusterSettings, data, f"[cluster] in {course.file}",
+                 jobqueue={kind: dict(data.get(kind, {})) for kind in ("slurm", "pbs")})
 
 
 def tool(name: str) -> str:

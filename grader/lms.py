@@ -28,13 +28,13 @@ import csv
 import io
 import os
 import re
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nbgrader.plugins import ExportPlugin
 from traitlets import Unicode
 
+from . import course as course_mod
 from . import text
 
 
@@ -46,13 +46,7 @@ class Settings:
 
     @classmethod
     def load(cls, path: Path | str) -> "Settings":
-        with open(path, "rb") as f:
-            data = tomllib.load(f).get("lms", {})
-        names = [f.name for f in fields(cls)]
-        if sorted(data) != sorted(names):
-            raise RosterError(f"[lms] in {path} must set exactly {names} (grader/course.toml says what each means); "
-                              f"it has {sorted(data)}")
-        return cls(**data)
+        return course_mod.typed(cls, course_mod.read(Path(path)).get("lms") or {}, f"[lms] in {path}")
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,12 @@ import json
 import os
 import re
 import time
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import course as course_mod
 from . import text
 from .jobs import BatchFolders, notebook_path
 
@@ -60,13 +60,7 @@ class Settings:
 
     @classmethod
     def load(cls, path: Path | str) -> "Settings":
-        with open(path, "rb") as f:
-            data = tomllib.load(f).get("similarity", {})
-        names = [f.name for f in fields(cls)]
-        if sorted(data) != sorted(names):
-            raise ValueError(f"[similarity] in {path} must set exactly {names} (grader/course.toml says what "
-                             f"each means); it has {sorted(data)}")
-        return cls(**{k: float(v) for k, v in data.items()})
+        return course_mod.typed(cls, course_mod.read(Path(path)).get("similarity") or {}, f"[similarity] in {path}")
 
 
 @dataclass

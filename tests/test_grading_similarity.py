@@ -253,3 +253,20 @@ def test_python_m_grader_similar(batch_out):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 pairs worth a look among 11 hand-ins" in proc.stdout and "similarity.html" in proc.stdout
+
+
+def test_a_settings_table_must_hold_exactly_its_settings(tmp_path):
+    """[similarity], [lms] and [cluster] are read by one function: a missing, extra or mistyped
+    setting is refused, naming the table."""
+    from grader import course as course_mod
+    from grader import similarity
+
+    for body in ("code_floor = 0.5\nwritten_floor = 0.8\nspread = 4.0\n",
+                 "code_floor = 0.5\nwritten_floor = 0.8\nspread = 4.0\ncommon_share = 0.25\nextra = 1\n",
+                 "code_floor = 'x'\nwritten_floor = 0.8\nspread = 4.0\ncommon_share = 0.25\n"):
+        path = tmp_path / "course.toml"
+        path.write_text("[similarity]\n" + body)
+        with pytest.raises(SystemExit, match=r"\[similarity\] in"):
+            similarity.Settings.load(path)
+    path.write_text("[similarity]\ncode_floor = 1\nwritten_floor = 0.8\nspread = 4\ncommon_share = 0.25\n")
+    assert similarity.Settings.load(path).spread == 4.0 and course_mod.read(path)["similarity"]["spread"] == 4
