@@ -206,7 +206,7 @@ def plot(results: list[GradingResult], scores: Points, tests: list[str], max_tes
     image = ax.imshow(masked, cmap=cmap, vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(tests)), [f"{t} ({_fmt(max_tests[t])})" for t in tests], rotation=60, ha="right")
     if n <= 80:
-        ax.set_yticks(range(len(rows)), [f"{r.student}{' (failed)' if r.status == 'failed' else ''}"
+        ax.set_yticks(range(len(rows)), [f"{text.terminal(r.student)}{' (failed)' if r.status == 'failed' else ''}"
                                          f"{' *' if r.status == 'review' else ''}" for r in rows],
                       fontsize=8 if n > 30 else 10)
     else:
